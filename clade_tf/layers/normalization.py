@@ -1,0 +1,304 @@
+"""Normalization layers: parameter-free norms, CLADE, CLADE-ICPE, SPADE and plain affine.
+
+All layers take NHWC float tensors. Label maps are int32 `[N, H, W]` already at the
+layer's resolution (the generator builds the pyramid once per forward pass).
+"""
+
+import keras
+import tensorflow as tf
+
+from clade_tf.layers.conv import Conv2D
+
+PARAM_FREE_NORMS = ("syncbatch", "batch", "instance")
+
+# PyTorch defaults: eps 1e-5, momentum 0.1 (running = 0.9 * running + 0.1 * batch).
+EPSILON = 1e-5
+KERAS_MOMENTUM = 0.9
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class ParamFreeNorm(keras.layers.Layer):
+    """Normalization without learned affine parameters.
+
+    Args:
+        kind: `"syncbatch"` (Keras BatchNormalization with `synchronized=True`,
+            statistics all-reduced across replicas), `"batch"` (per-replica batch
+            statistics) or `"instance"` (per-sample moments over H, W, written
+            with 4-D ops only so it converts cleanly to TFLite/ONNX).
+        epsilon: variance epsilon (PyTorch: 1e-5).
+
+    Known difference: Keras updates the moving variance with the biased batch
+    variance, PyTorch with the unbiased one (factor n/(n-1)). Normalization in
+    training and inference with given statistics is identical.
+
+    Example:
+    >>> y = ParamFreeNorm("instance")(tf.random.normal([2, 8, 8, 4]))
+    """
+
+    def __init__(self, kind="syncbatch", epsilon=EPSILON, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in PARAM_FREE_NORMS:
+            raise ValueError(
+                f"param-free norm {kind!r} is not one of {', '.join(PARAM_FREE_NORMS)}"
+            )
+        self.kind = kind
+        self.epsilon = float(epsilon)
+        self.bn = None
+        if kind in ("syncbatch", "batch"):
+            self.bn = keras.layers.BatchNormalization(
+                momentum=KERAS_MOMENTUM,
+                epsilon=self.epsilon,
+                center=False,
+                scale=False,
+                synchronized=(kind == "syncbatch"),
+                name="bn",
+            )
+
+    def build(self, input_shape):
+        if self.bn is not None:
+            self.bn.build(input_shape)
+
+    def call(self, x, training=None):
+        if self.bn is not None:
+            return self.bn(x, training=training)
+        mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        centered = x - mean
+        var = tf.reduce_mean(tf.square(centered), axis=[1, 2], keepdims=True)
+        return centered * tf.math.rsqrt(var + tf.cast(self.epsilon, x.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kind=self.kind, epsilon=self.epsilon)
+        return config
+
+
+def _shape_elements(shape):
+    n = 1
+    for d in shape[1:]:
+        n *= int(d)
+    return n
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class ClassAdaptiveNorm(keras.layers.Layer):
+    """CLADE: class-adaptive (de)normalization, `out = norm(x) * gamma[label] + beta[label]`.
+
+    The modulation tables `gamma`, `beta` have shape `[num_classes, channels]`;
+    `gamma` starts uniform in [0, 1), `beta` at zero (as the official `ClassAffine`).
+    The lookup is a `tf.gather` on the int32 label map (no one-hot, no conv).
+
+    With `use_icpe=True` (CLADE-ICPE) the looked-up parameters are modulated by the
+    2-channel intra-class positional map: `gamma' = gamma[label] * (1 + conv_g(dist))`,
+    `beta' = beta[label] * (1 + conv_b(dist))`, each a 1x1 conv 2->1 with bias.
+
+    With `use_instance_edge=True` a 1x1 conv (1->1, with bias) of the instance edge
+    map is concatenated after the modulation, so the output has `channels + 1`
+    channels (the official CLADE's `inst_conv`).
+
+    Args:
+        num_classes: number of label classes, don't-care class included.
+        param_free_norm: `"syncbatch"`, `"batch"` or `"instance"`.
+        use_instance_edge: append the conv'd instance edge channel.
+        use_icpe: enable the intra-class positional encoding.
+
+    Example:
+    >>> norm = ClassAdaptiveNorm(num_classes=4, param_free_norm="instance")
+    >>> y = norm(tf.random.normal([1, 8, 8, 16]), tf.zeros([1, 8, 8], tf.int32))
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        param_free_norm="syncbatch",
+        use_instance_edge=False,
+        use_icpe=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.param_free_norm = param_free_norm
+        self.use_instance_edge = bool(use_instance_edge)
+        self.use_icpe = bool(use_icpe)
+        self.norm = ParamFreeNorm(param_free_norm, name="param_free_norm")
+        if self.use_icpe:
+            self.dist_conv_gamma = Conv2D(1, 1, name="dist_conv_gamma")
+            self.dist_conv_beta = Conv2D(1, 1, name="dist_conv_beta")
+        if self.use_instance_edge:
+            self.edge_conv = Conv2D(1, 1, name="edge_conv")
+
+    def build(self, input_shape, label_shape=None, edge_shape=None, dist_shape=None):
+        channels = int(input_shape[-1])
+        self.channels = channels
+        self.norm.build(input_shape)
+        self.gamma = self.add_weight(
+            shape=(self.num_classes, channels),
+            initializer=keras.initializers.RandomUniform(0.0, 1.0),
+            name="gamma",
+        )
+        self.beta = self.add_weight(
+            shape=(self.num_classes, channels), initializer="zeros", name="beta"
+        )
+        spatial = tuple(input_shape[:-1])
+        if self.use_icpe:
+            self.dist_conv_gamma.build(spatial + (2,))
+            self.dist_conv_beta.build(spatial + (2,))
+        if self.use_instance_edge:
+            self.edge_conv.build(spatial + (1,))
+
+    def modulation(self, label, dist=None, dtype="float32"):
+        """Per-pixel `(gamma, beta)`, each `[N, H, W, C]`."""
+        gamma = tf.cast(tf.gather(self.gamma, label), dtype)
+        beta = tf.cast(tf.gather(self.beta, label), dtype)
+        if self.use_icpe:
+            if dist is None:
+                raise ValueError(f"{self.name}: CLADE-ICPE needs the `dist` map")
+            dist = tf.cast(dist, dtype)
+            gamma = gamma * (1.0 + self.dist_conv_gamma(dist))
+            beta = beta * (1.0 + self.dist_conv_beta(dist))
+        return gamma, beta
+
+    def call(self, x, label, edge=None, dist=None, training=None):
+        gamma, beta = self.modulation(label, dist, x.dtype)
+        out = self.norm(x, training=training) * gamma + beta
+        if self.use_instance_edge:
+            if edge is None:
+                raise ValueError(f"{self.name}: instance-edge CLADE needs the `edge` map")
+            out = tf.concat([out, self.edge_conv(tf.cast(edge, x.dtype))], axis=-1)
+        return out
+
+    def elementwise_ops(self, input_shape):
+        """Elementwise ops of the modulation for one sample (normalization excluded)."""
+        chw = _shape_elements(input_shape)
+        hw = chw // int(input_shape[-1])
+        ops = 2 * chw  # * gamma, + beta
+        if self.use_icpe:
+            ops += 2 * chw + 2 * hw  # gamma * (1 + .), beta * (1 + .)
+        return ops
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        extra = 1 if self.use_instance_edge else 0
+        return tuple(input_shape[:-1]) + (input_shape[-1] + extra,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            param_free_norm=self.param_free_norm,
+            use_instance_edge=self.use_instance_edge,
+            use_icpe=self.use_icpe,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class SpatiallyAdaptiveNorm(keras.layers.Layer):
+    """SPADE: `out = norm(x) * (1 + gamma(seg)) + beta(seg)` with gamma, beta predicted
+    by convolutions over the semantic map (the baseline CLADE replaces).
+
+    `mlp_shared` is a `kernel_size` conv (semantic channels -> `hidden`) + ReLU, then
+    `mlp_gamma`, `mlp_beta` are `kernel_size` convs (`hidden` -> channels).
+
+    Args:
+        param_free_norm: `"syncbatch"`, `"batch"` or `"instance"`.
+        hidden: channels of the shared embedding (official: 128).
+        kernel_size: conv kernel size (official: 3).
+
+    Call args:
+        x: `[N, H, W, C]` activations.
+        segmap: `[N, H, W, S]` float semantic map at the same resolution (one-hot
+            labels, plus the instance edge channel where configured).
+
+    Example:
+    >>> norm = SpatiallyAdaptiveNorm("instance")
+    >>> y = norm(tf.random.normal([1, 8, 8, 16]), tf.one_hot(tf.zeros([1, 8, 8], tf.int32), 4))
+    """
+
+    def __init__(self, param_free_norm="syncbatch", hidden=128, kernel_size=3, **kwargs):
+        super().__init__(**kwargs)
+        self.param_free_norm = param_free_norm
+        self.hidden = int(hidden)
+        self.kernel_size = int(kernel_size)
+        pad = self.kernel_size // 2
+        self.norm = ParamFreeNorm(param_free_norm, name="param_free_norm")
+        self.mlp_shared = Conv2D(self.hidden, self.kernel_size, padding=pad, name="mlp_shared")
+        self.mlp_gamma_conv = None
+        self.mlp_beta_conv = None
+
+    def build(self, input_shape, segmap_shape):
+        channels = int(input_shape[-1])
+        pad = self.kernel_size // 2
+        self.norm.build(input_shape)
+        self.mlp_shared.build(segmap_shape)
+        hidden_shape = tuple(segmap_shape[:-1]) + (self.hidden,)
+        self.mlp_gamma_conv = Conv2D(channels, self.kernel_size, padding=pad, name="mlp_gamma")
+        self.mlp_beta_conv = Conv2D(channels, self.kernel_size, padding=pad, name="mlp_beta")
+        self.mlp_gamma_conv.build(hidden_shape)
+        self.mlp_beta_conv.build(hidden_shape)
+
+    def call(self, x, segmap, training=None):
+        actv = tf.nn.relu(self.mlp_shared(tf.cast(segmap, x.dtype)))
+        gamma = self.mlp_gamma_conv(actv)
+        beta = self.mlp_beta_conv(actv)
+        return self.norm(x, training=training) * (1.0 + gamma) + beta
+
+    def elementwise_ops(self, input_shape):
+        return 3 * _shape_elements(input_shape)  # 1 + gamma, *, + beta
+
+    def compute_output_shape(self, input_shape, segmap_shape=None):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            param_free_norm=self.param_free_norm,
+            hidden=self.hidden,
+            kernel_size=self.kernel_size,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class AffineNorm(keras.layers.Layer):
+    """Plain normalization with a per-channel affine (no label conditioning).
+
+    The `none` norm mode of the generator: the unconditional backbone that
+    CLADE and SPADE overheads are measured against. Affine initialised as the
+    official `init_weights` does for BatchNorm (gamma ~ N(1, 0.02), beta = 0).
+
+    Args:
+        param_free_norm: `"syncbatch"`, `"batch"` or `"instance"`.
+    """
+
+    def __init__(self, param_free_norm="syncbatch", **kwargs):
+        super().__init__(**kwargs)
+        self.param_free_norm = param_free_norm
+        self.norm = ParamFreeNorm(param_free_norm, name="param_free_norm")
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.norm.build(input_shape)
+        self.gamma = self.add_weight(
+            shape=(channels,),
+            initializer=keras.initializers.RandomNormal(1.0, 0.02),
+            name="gamma",
+        )
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def call(self, x, training=None):
+        return self.norm(x, training=training) * tf.cast(self.gamma, x.dtype) + tf.cast(
+            self.beta, x.dtype
+        )
+
+    def elementwise_ops(self, input_shape):
+        return 2 * _shape_elements(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(param_free_norm=self.param_free_norm)
+        return config

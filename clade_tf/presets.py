@@ -1,0 +1,83 @@
+"""Dataset presets: the official per-dataset settings, one frozen dataclass instance each."""
+
+import dataclasses
+
+from clade_tf.config import GeneratorConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Per-dataset settings (the official `*_dataset.py` defaults).
+
+    Attributes:
+        name: preset name.
+        label_nc: semantic classes *without* the don't-care class.
+        contain_dontcare: the label maps have a don't-care class, which the model
+            sees as class `label_nc` (so `num_classes = label_nc + 1`).
+        use_instance: the dataset has instance maps; the model uses their edges.
+        image_height, image_width: training crop (model input/output size).
+        load_size: resize size before the random crop (`resize_and_crop`).
+        preprocess: `resize_and_crop` or `fixed` (resize straight to the crop size).
+        num_upsampling_layers: `normal` / `more` / `most`.
+        ngf: generator base width.
+        batch_size: default training batch size.
+    """
+
+    name: str
+    label_nc: int
+    contain_dontcare: bool
+    use_instance: bool
+    image_height: int
+    image_width: int
+    load_size: int
+    preprocess: str = "resize_and_crop"
+    num_upsampling_layers: str = "normal"
+    ngf: int = 64
+    batch_size: int = 1
+
+    @property
+    def num_classes(self):
+        return self.label_nc + (1 if self.contain_dontcare else 0)
+
+    def generator_config(self, norm_mode="clade", **overrides):
+        """The `GeneratorConfig` for this preset; keyword overrides win."""
+        kwargs = dict(
+            num_classes=self.num_classes,
+            image_height=self.image_height,
+            image_width=self.image_width,
+            norm_mode=norm_mode,
+            use_instance=self.use_instance,
+            num_upsampling_layers=self.num_upsampling_layers,
+            ngf=self.ngf,
+        )
+        kwargs.update(overrides)
+        return GeneratorConfig(**kwargs)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+ADE20K = Preset("ade20k", 150, True, False, 256, 256, 286)
+ADE20K_OUTDOOR = Preset("ade20k-outdoor", 150, True, False, 256, 256, 286)
+CITYSCAPES = Preset(
+    "cityscapes", 35, False, True, 256, 512, 512, preprocess="fixed", num_upsampling_layers="more"
+)
+COCO_STUFF = Preset("coco-stuff", 182, True, True, 256, 256, 286)
+# Custom folders: the official default of 13 classes; `--label-nc` overrides it.
+CUSTOM = Preset("custom", 13, False, False, 256, 256, 286)
+# The embedded procedural dataset: small enough to train in minutes on a CPU.
+SYNTHETIC = Preset(
+    "synthetic", 6, False, True, 64, 64, 64, preprocess="fixed", ngf=16, batch_size=8
+)
+
+PRESETS = {p.name: p for p in (ADE20K, ADE20K_OUTDOOR, CITYSCAPES, COCO_STUFF, CUSTOM, SYNTHETIC)}
+
+
+def get_preset(name):
+    """Looks a preset up by name, with a clear error for unknown names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}"
+        ) from None
