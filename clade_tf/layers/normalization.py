@@ -129,9 +129,9 @@ class ClassAdaptiveNorm(keras.layers.Layer):
         if self.use_instance_edge:
             self.edge_conv = Conv2D(1, 1, name="edge_conv")
 
-    def build(self, input_shape, label_shape=None, edge_shape=None, dist_shape=None):
+    def build(self, x_shape, label_shape=None, edge_shape=None, dist_shape=None):
+        input_shape = x_shape
         channels = int(input_shape[-1])
-        self.channels = channels
         self.norm.build(input_shape)
         self.gamma = self.add_weight(
             shape=(self.num_classes, channels),
@@ -227,7 +227,8 @@ class SpatiallyAdaptiveNorm(keras.layers.Layer):
         self.mlp_gamma_conv = None
         self.mlp_beta_conv = None
 
-    def build(self, input_shape, segmap_shape):
+    def build(self, x_shape, segmap_shape):
+        input_shape = x_shape
         channels = int(input_shape[-1])
         pad = self.kernel_size // 2
         self.norm.build(input_shape)

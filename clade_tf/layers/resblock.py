@@ -117,8 +117,8 @@ class ResnetBlock(keras.layers.Layer):
         else:
             norm.build(shape)
 
-    def build(self, input_shape, cond_shape=None):
-        spatial = tuple(input_shape[:-1])
+    def build(self, x_shape, cond_shape=None):
+        spatial = tuple(x_shape[:-1])
         extra = self.extra_channels
         self._build_norm(self.norm_0, self.fin, spatial)
         self.conv_0.build(spatial + (self.fin + extra,))

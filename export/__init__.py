@@ -1,0 +1,1 @@
+"""The export application: profiling now; SavedModel/TFLite/ONNX export and benchmarks follow."""
