@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from clade_tf.config import GeneratorConfig
+from clade_tf.config import DiscriminatorConfig, GeneratorConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Preset:
         preprocess: `resize_and_crop` or `fixed` (resize straight to the crop size).
         num_upsampling_layers: `normal` / `more` / `most`.
         ngf: generator base width.
+        ndf: discriminator base width.
         batch_size: default training batch size.
     """
 
@@ -33,6 +34,7 @@ class Preset:
     preprocess: str = "resize_and_crop"
     num_upsampling_layers: str = "normal"
     ngf: int = 64
+    ndf: int = 64
     batch_size: int = 1
 
     @property
@@ -53,6 +55,9 @@ class Preset:
         kwargs.update(overrides)
         return GeneratorConfig(**kwargs)
 
+    def discriminator_config(self):
+        return DiscriminatorConfig(ndf=self.ndf)
+
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
@@ -67,7 +72,7 @@ COCO_STUFF = Preset("coco-stuff", 182, True, True, 256, 256, 286)
 CUSTOM = Preset("custom", 13, False, False, 256, 256, 286)
 # The embedded procedural dataset: small enough to train in minutes on a CPU.
 SYNTHETIC = Preset(
-    "synthetic", 6, False, True, 64, 64, 64, preprocess="fixed", ngf=16, batch_size=8
+    "synthetic", 6, False, True, 64, 64, 64, preprocess="fixed", ngf=16, ndf=32, batch_size=8
 )
 
 PRESETS = {p.name: p for p in (ADE20K, ADE20K_OUTDOOR, CITYSCAPES, COCO_STUFF, CUSTOM, SYNTHETIC)}

@@ -1,0 +1,133 @@
+"""Training callbacks: TensorBoard scalars and sample grids, checkpoints, stop at the step total."""
+
+import os
+
+import keras
+import tensorflow as tf
+
+from clade_tf import viz
+from clade_tf.data import synthetic
+from train.checkpoint import save_checkpoint
+
+
+def current_lr(opt):
+    lr = opt.learning_rate
+    return float(lr(opt.iterations) if callable(lr) else lr)
+
+
+class RunMonitor(keras.callbacks.Callback):
+    """Logs to TensorBoard and checkpoints, keyed by the global step (the G optimizer's
+    iteration count, which survives resume).
+
+    Args:
+        run_dir: the run directory (`logs/` and `ckpt-*` go there).
+        gan: the `CladeGAN`.
+        total_steps: the run's step total; training stops there.
+        sample_batch: a fixed batch (dict of numpy arrays) for image grids.
+        colours: palette for the label column.
+        num_classes: for the synthetic fidelity measure.
+        synthetic_data: log the synthetic fidelity measure.
+        log_every, image_every, checkpoint_every: intervals in steps.
+        is_chief: only the chief writes (multi-worker).
+        grid_rows: samples shown in the image grid (fidelity uses the whole batch).
+    """
+
+    def __init__(self, run_dir, gan, total_steps, sample_batch, colours, num_classes,
+                 synthetic_data, log_every, image_every, checkpoint_every, is_chief=True,
+                 grid_rows=6):
+        super().__init__()
+        self.run_dir, self.gan, self.total = run_dir, gan, int(total_steps)
+        self.sample_batch, self.colours, self.num_classes = sample_batch, colours, num_classes
+        self.synthetic_data = synthetic_data
+        self.grid_rows = grid_rows
+        self.log_every, self.image_every = log_every, image_every
+        self.checkpoint_every, self.is_chief = checkpoint_every, is_chief
+        logdir = os.path.join(run_dir, "logs", "train") if is_chief else None
+        self.writer = tf.summary.create_file_writer(logdir) if is_chief else None
+        self.last_fidelity = None
+        self.initial_fidelity = None
+        self._sample_fn = None
+
+    @property
+    def step(self):
+        return int(self.gan.g_optimizer.iterations.numpy())
+
+    def _generate(self, batch):
+        if self._sample_fn is None:
+            self._sample_fn = tf.function(
+                lambda b: self.gan.generate(b, training=False)[0], reduce_retracing=True)
+        inputs = {k: tf.constant(v) for k, v in batch.items()}
+        return self._sample_fn(inputs).numpy()
+
+    def evaluate_samples(self, step, write=True):
+        """Generates the sample grid (and fidelity); returns (grid, fidelity or None)."""
+        fake = self._generate(self.sample_batch)
+        b = self.sample_batch
+        r = self.grid_rows
+        grid = viz.sample_grid(b["label"][:r], fake[:r], b["image"][:r], self.colours)
+        fid = None
+        if self.synthetic_data:
+            fid = synthetic.fidelity(fake, b["label"], self.num_classes)
+            self.last_fidelity = fid
+        if write and self.writer is not None:
+            with self.writer.as_default(step=step):
+                tf.summary.image("samples/label_generated_real", grid[None], max_outputs=1)
+                if fid is not None:
+                    tf.summary.scalar("synthetic/fidelity", fid)
+            self.writer.flush()
+            samples = os.path.join(self.run_dir, "samples")
+            os.makedirs(samples, exist_ok=True)
+            viz.save_png(os.path.join(samples, f"step_{step:07d}.png"), grid)
+        return grid, fid
+
+    def on_train_begin(self, logs=None):
+        step = self.step
+        if step == 0:
+            _, fid = self.evaluate_samples(0)
+            self.initial_fidelity = fid
+            if fid is not None:
+                print(f"synthetic fidelity at initialisation: {fid:.3f}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.step
+        if self.writer is not None and logs and (step % self.log_every == 0 or step == self.total):
+            with self.writer.as_default(step=step):
+                for k, v in logs.items():
+                    tf.summary.scalar(f"loss/{k}", float(v))
+                tf.summary.scalar("lr/generator", current_lr(self.gan.g_optimizer))
+                tf.summary.scalar("lr/discriminator", current_lr(self.gan.d_optimizer))
+        if step % self.image_every == 0 and step != self.total:
+            self.evaluate_samples(step)
+        if step % self.checkpoint_every == 0 and self.is_chief:
+            save_checkpoint(self.run_dir, self.gan, step)
+        if step >= self.total:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        step = self.step
+        if self.is_chief:
+            save_checkpoint(self.run_dir, self.gan, step)
+        _, fid = self.evaluate_samples(step)
+        if fid is not None:
+            print(f"synthetic fidelity at step {step}: {fid:.3f}")
+        if self.writer is not None:
+            self.writer.flush()
+
+
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Constant, then linear decay to 0 from `decay_start` to `total_steps` (official
+    `niter` / `niter_decay`, in steps)."""
+
+    def __init__(self, initial, decay_start, total_steps):
+        self.initial, self.decay_start, self.total_steps = float(initial), int(decay_start), int(total_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        span = max(self.total_steps - self.decay_start, 1)
+        frac = tf.clip_by_value((step - self.decay_start) / span, 0.0, 1.0)
+        return self.initial * (1.0 - frac)
+
+    def get_config(self):
+        return {"initial": self.initial, "decay_start": self.decay_start,
+                "total_steps": self.total_steps}
+
