@@ -1,0 +1,136 @@
+"""Load official (PyTorch) state dicts, given as `{name: numpy array}`, into our networks.
+
+Names are those of the official tzt101/CLADE (NVlabs/SPADE) modules, e.g.
+`head_0.conv_0.weight_orig`, `head_0.norm_0.class_specified_affine.weight`,
+`discriminator_0.model1.0.0.weight_u`, `fc_mu.weight`. Layout conversions:
+conv weights OIHW -> HWIO; Linear `(out, in)` -> `(in, out)`; spectral-norm `v`
+from PyTorch's `(in, kh, kw)` flattening to ours `(kh, kw, in)`; `u` unchanged.
+Reading `.pth` files themselves is separate (it needs no torch either).
+"""
+
+import numpy as np
+
+from clade_tf.layers.conv import Conv2D
+from clade_tf.layers.normalization import (
+    AffineNorm,
+    ClassAdaptiveNorm,
+    ParamFreeNorm,
+    SpatiallyAdaptiveNorm,
+)
+
+# Buffers PyTorch keeps that have no counterpart here (Keras does not count batches).
+IGNORED_SUFFIXES = (".num_batches_tracked",)
+
+
+class _Loader:
+    def __init__(self, state_dict):
+        self.sd = {k: np.asarray(v) for k, v in state_dict.items()}
+        self.used = set()
+
+    def take(self, key):
+        if key not in self.sd:
+            raise KeyError(f"official state dict has no {key!r}")
+        self.used.add(key)
+        return self.sd[key]
+
+    def has(self, key):
+        return key in self.sd
+
+    def assign(self, var, value, key):
+        value = np.asarray(value, dtype=np.float32)
+        if tuple(var.shape) != value.shape:
+            raise ValueError(f"{key}: shape {value.shape} does not fit {var.path} {tuple(var.shape)}")
+        var.assign(value)
+
+    def conv(self, layer: Conv2D, prefix):
+        if layer.spectral_norm:
+            w = self.take(prefix + ".weight_orig")
+            self.assign(layer.kernel, np.transpose(w, (2, 3, 1, 0)), prefix + ".weight_orig")
+            self.assign(layer.sn_u, self.take(prefix + ".weight_u"), prefix + ".weight_u")
+            cout, cin, kh, kw = w.shape
+            v = self.take(prefix + ".weight_v").reshape(cin, kh, kw).transpose(1, 2, 0).reshape(-1)
+            self.assign(layer.sn_v, v, prefix + ".weight_v")
+        else:
+            w = self.take(prefix + ".weight")
+            self.assign(layer.kernel, np.transpose(w, (2, 3, 1, 0)), prefix + ".weight")
+        if layer.bias is not None:
+            self.assign(layer.bias, self.take(prefix + ".bias"), prefix + ".bias")
+
+    def dense(self, layer, prefix):
+        self.assign(layer.kernel, self.take(prefix + ".weight").T, prefix + ".weight")
+        self.assign(layer.bias, self.take(prefix + ".bias"), prefix + ".bias")
+
+    def param_free(self, norm: ParamFreeNorm, prefix):
+        if norm.bn is not None:
+            self.assign(norm.bn.moving_mean, self.take(prefix + ".running_mean"), prefix + ".running_mean")
+            self.assign(norm.bn.moving_variance, self.take(prefix + ".running_var"), prefix + ".running_var")
+
+    def norm(self, norm, prefix):
+        self.param_free(norm.norm, prefix + ".param_free_norm")
+        if isinstance(norm, ClassAdaptiveNorm):
+            aff = prefix + ".class_specified_affine"
+            self.assign(norm.gamma, self.take(aff + ".weight"), aff + ".weight")
+            self.assign(norm.beta, self.take(aff + ".bias"), aff + ".bias")
+            if norm.use_icpe:
+                self.conv(norm.dist_conv_gamma, aff + ".dist_conv_w")
+                self.conv(norm.dist_conv_beta, aff + ".dist_conv_b")
+            if norm.use_instance_edge:
+                self.conv(norm.edge_conv, prefix + ".inst_conv")
+        elif isinstance(norm, SpatiallyAdaptiveNorm):
+            self.conv(norm.mlp_shared, prefix + ".mlp_shared.0")
+            self.conv(norm.mlp_gamma_conv, prefix + ".mlp_gamma")
+            self.conv(norm.mlp_beta_conv, prefix + ".mlp_beta")
+        elif isinstance(norm, AffineNorm):
+            raise ValueError("norm mode 'none' has no official counterpart")
+
+    def finish(self, strict):
+        left = sorted(k for k in self.sd if k not in self.used and not k.endswith(IGNORED_SUFFIXES))
+        if strict and left:
+            raise ValueError(
+                f"{len(left)} official weights were not used (architecture mismatch?): {left[:8]}"
+            )
+        return left
+
+
+def load_generator(generator, state_dict, strict=True):
+    """Loads an official `SPADEGenerator` state dict into a built `Generator`.
+
+    Returns the list of unused keys (empty when `strict`, which raises instead).
+    """
+    generator.build()
+    ld = _Loader(state_dict)
+    if generator.config.use_vae:
+        ld.dense(generator.fc, "fc")
+    else:
+        ld.conv(generator.fc, "fc")
+    for blk in generator.blocks:
+        name = blk.name
+        for conv in ("conv_0", "conv_1") + (("conv_s",) if blk.learned_shortcut else ()):
+            ld.conv(getattr(blk, conv), f"{name}.{conv}")
+        for norm in ("norm_0", "norm_1") + (("norm_s",) if blk.learned_shortcut else ()):
+            ld.norm(getattr(blk, norm), f"{name}.{norm}")
+    ld.conv(generator.conv_img, "conv_img")
+    return ld.finish(strict)
+
+
+def load_discriminator(discriminator, state_dict, in_channels, strict=True):
+    """Loads an official `MultiscaleDiscriminator` state dict."""
+    discriminator.build((None, None, None, in_channels))
+    ld = _Loader(state_dict)
+    for i, d in enumerate(discriminator.scales):
+        last = len(d.convs) - 1
+        for n, conv in enumerate(d.convs):
+            prefix = f"discriminator_{i}.model{n}.0" + (".0" if 0 < n < last else "")
+            ld.conv(conv, prefix)
+    return ld.finish(strict)
+
+
+def load_encoder(encoder, state_dict, strict=True):
+    """Loads an official `ConvEncoder` state dict."""
+    encoder.build()
+    ld = _Loader(state_dict)
+    for i, conv in enumerate(encoder.convs):
+        ld.conv(conv, f"layer{i + 1}.0")
+    ld.dense(encoder.fc_mu, "fc_mu")
+    ld.dense(encoder.fc_var, "fc_var")
+    return ld.finish(strict)

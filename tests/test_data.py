@@ -1,0 +1,342 @@
+"""Data tests: synthetic dataset, ICPE maps, every folder layout, bad samples."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from clade_tf.data import folders, pipeline, synthetic
+from clade_tf.data.icpe import flip_distance_map, icpe_distance_map, instance_edge_map
+
+RNG = np.random.default_rng(3)
+
+
+# --- synthetic -------------------------------------------------------------------------
+
+def test_synthetic_is_deterministic_by_seed_and_index():
+    a = synthetic.make_sample(0, 5, 6, 32, 48)
+    b = synthetic.make_sample(0, 5, 6, 32, 48)
+    c = synthetic.make_sample(1, 5, 6, 32, 48)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["label"], c["label"])
+    assert a["label"].shape == (32, 48) and a["image"].shape == (32, 48, 3)
+    assert a["label"].dtype == np.int32 and a["instance"].dtype == np.int32
+    assert a["image"].min() >= -1 and a["image"].max() <= 1
+    assert a["instance"].max() >= 3  # several shapes, each its own instance
+
+
+def test_synthetic_fidelity_separates_real_from_wrong_images():
+    s = [synthetic.make_sample(0, i, 6, 64, 64) for i in range(16)]
+    imgs = np.stack([x["image"] for x in s])
+    labs = np.stack([x["label"] for x in s])
+    assert synthetic.fidelity(imgs, labs, 6) > 0.95
+    assert synthetic.fidelity(np.zeros_like(imgs), labs, 6) < 0.35
+    assert synthetic.fidelity(imgs[::-1], labs, 6) < 0.35  # right colours, wrong places
+    # painting every region with its class colour (no texture) is fully faithful
+    flat = synthetic.CLASS_COLOURS[labs] * 2 - 1
+    assert synthetic.fidelity(flat, labs, 6) > 0.95
+
+
+def test_synthetic_rejects_unsupported_class_count():
+    with pytest.raises(ValueError, match="supports 2..8 classes, got 9"):
+        synthetic.make_sample(0, 0, 9, 16, 16)
+
+
+# --- ICPE / edges ----------------------------------------------------------------------
+
+def reference_icpe(label, ignore=None):
+    """Straight from the definition: loop over classes and 8-connected components."""
+    h, w = label.shape
+    out = np.zeros((h, w, 2), np.float32)
+    for cls in np.unique(label):
+        if cls == ignore:
+            continue
+        comps, n = ndimage.label(label == cls, structure=np.ones((3, 3)))
+        for c in range(1, n + 1):
+            ys, xs = np.nonzero(comps == c)
+            for axis, coords in enumerate((ys, xs)):
+                off = coords - coords.mean()
+                out[ys, xs, axis] = off / (np.abs(off).max() + 1e-5)
+    return out
+
+
+def test_icpe_matches_definition():
+    lab = np.zeros((20, 30), np.int32)
+    lab[2:8, 3:12] = 1
+    lab[12:18, 20:29] = 1  # second component of class 1
+    lab[9:11, 0:30] = 2
+    lab[15, 2] = 3  # single pixel: zero offset
+    d = icpe_distance_map(lab)
+    np.testing.assert_allclose(d, reference_icpe(lab), atol=1e-6)
+    # the first rectangle: rows 2..7 -> centroid 4.5, max |offset| 2.5
+    np.testing.assert_allclose(d[2, 5, 0], (2 - 4.5) / (2.5 + 1e-5), atol=1e-6)
+    assert d[15, 2].tolist() == [0.0, 0.0]
+    assert np.abs(d).max() <= 1.0
+
+
+def test_icpe_diagonal_pixels_are_one_component_and_dontcare_ignored():
+    lab = np.zeros((4, 4), np.int32)
+    lab[0, 0] = lab[1, 1] = 1  # 8-connected
+    d = icpe_distance_map(lab, ignore_class=0)
+    assert d[0, 0, 0] < 0 < d[1, 1, 0]
+    assert not d[lab == 0].any()
+    rnd = RNG.integers(0, 4, (16, 16)).astype(np.int32)
+    np.testing.assert_allclose(icpe_distance_map(rnd, 3), reference_icpe(rnd, 3), atol=1e-6)
+
+
+def test_flip_mirrors_and_negates_x_offset():
+    lab = np.zeros((10, 10), np.int32)
+    lab[2:6, 1:4] = 1
+    d = icpe_distance_map(lab)
+    flipped = icpe_distance_map(lab[:, ::-1].copy())
+    np.testing.assert_allclose(flip_distance_map(d), flipped, atol=1e-6)
+
+
+def test_numpy_and_tf_edges_agree():
+    from clade_tf.layers import instance_edges
+
+    inst = RNG.integers(0, 3, (2, 9, 11)).astype(np.int32)
+    tf_edges = instance_edges(inst).numpy()[..., 0]
+    np_edges = np.stack([instance_edge_map(i) for i in inst]).astype(np.float32)
+    np.testing.assert_array_equal(tf_edges, np_edges)
+
+
+# --- folder layouts --------------------------------------------------------------------
+
+def write_png(path, array, mode=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path)
+
+
+def label_coloured_image(label, scale=10):
+    """An image whose red channel encodes the label: lets tests check alignment."""
+    img = np.zeros(label.shape + (3,), np.uint8)
+    img[..., 0] = (label.astype(np.int64) * scale) % 256
+    return img
+
+
+def make_ade(root, n=3, size=(40, 48), split="training"):
+    for i in range(n):
+        lab = RNG.integers(0, 151, size).astype(np.uint8)
+        write_png(f"{root}/annotations/{split}/ADE_{i:04d}.png", lab)
+        write_png(f"{root}/images/{split}/ADE_{i:04d}.jpg".replace(".jpg", ".png"),
+                  label_coloured_image(lab, 1))
+
+
+def spec_for(name, label_nc=None, dontcare=None, palette=None):
+    from clade_tf.presets import get_preset
+
+    p = get_preset(name)
+    return folders.LabelSpec(name, label_nc or p.label_nc,
+                             p.contain_dontcare if dontcare is None else dontcare, palette)
+
+
+def test_ade20k_layout_and_label_shift(tmp_path):
+    root = str(tmp_path / "ADEChallengeData2016")
+    make_ade(root)
+    make_ade(root, n=2, split="validation")
+    samples, problems = folders.list_samples("ade20k", root, "train")
+    assert len(samples) == 3 and not problems
+    assert len(folders.list_samples("ade20k", root, "val")[0]) == 2
+    raw = np.asarray(Image.open(samples[0].label)).astype(np.int64)
+    lab, _ = folders.read_label(samples[0].label, spec_for("ade20k"))
+    assert (lab[raw == 0] == 150).all()  # 0 ("other") -> don't-care, the last class
+    np.testing.assert_array_equal(lab[raw > 0], raw[raw > 0] - 1)
+
+
+def test_resize_and_crop_keeps_image_and_label_aligned_and_flips_dist(tmp_path):
+    root = str(tmp_path / "ade")
+    # blocky random labels: unique crop positions, and interiors to check colours on
+    lab = np.kron(RNG.integers(1, 4, (6, 6)), np.ones((10, 10), np.int64)).astype(np.uint8)
+    write_png(f"{root}/annotations/training/a.png", lab)
+    write_png(f"{root}/images/training/a.png", label_coloured_image(lab, 80))
+    samples, _ = folders.list_samples("ade20k", root, "train")
+    prep = folders.Preprocess("resize_and_crop", 40, 32, 32, flip=True)
+    full = np.asarray(Image.fromarray(lab).resize((40, 40), Image.NEAREST)).astype(np.int32) - 1
+    full_dist = icpe_distance_map(full, 150)
+    flips = set()
+    for seed in range(12):
+        out = folders.load_folder_sample(samples[0], spec_for("ade20k"), prep,
+                                         np.random.default_rng(seed), False, True)
+        assert out["image"].shape == (32, 32, 3) and out["label"].shape == (32, 32)
+        # image and label cropped/flipped together: interior colours match the labels
+        red = np.rint((out["image"][..., 0] + 1) * 127.5)
+        same = ndimage.minimum_filter(out["label"], 3) == ndimage.maximum_filter(out["label"], 3)
+        assert (np.abs(red - (out["label"] + 1) * 80) <= 8)[same].mean() > 0.97
+        # locate the crop in the resized map; the dist map is the same crop, flipped
+        # with its x offset negated
+        matches = [(y, x, f) for y in range(9) for x in range(9) for f in (False, True)
+                   if np.array_equal(full[y:y + 32, x:x + 32][:, ::-1] if f else full[y:y + 32, x:x + 32], out["label"])]
+        assert len(matches) == 1, matches
+        y, x, f = matches[0]
+        flips.add(f)
+        d = full_dist[y:y + 32, x:x + 32]
+        if f:
+            d = d[:, ::-1] * np.array([1.0, -1.0], np.float32)
+        np.testing.assert_allclose(out["dist"], d, atol=1e-6)
+    assert flips == {True, False}
+
+
+def test_cityscapes_layout_with_instances(tmp_path):
+    root = str(tmp_path / "cityscapes")
+    for split, city in (("train", "aachen"), ("val", "lindau")):
+        for i in range(2):
+            base = f"{city}_{i:06d}_000019"
+            lab = RNG.integers(0, 34, (64, 128)).astype(np.uint8)
+            inst = np.zeros((64, 128), np.uint16)  # 16-bit PNG, as Cityscapes ships them
+            inst[10:30, 10:50] = 26001
+            inst[10:30, 50:90] = 26002
+            write_png(f"{root}/gtFine/{split}/{city}/{base}_gtFine_labelIds.png", lab)
+            write_png(f"{root}/gtFine/{split}/{city}/{base}_gtFine_instanceIds.png", inst)
+            write_png(f"{root}/leftImg8bit/{split}/{city}/{base}_leftImg8bit.png", label_coloured_image(lab))
+    samples, problems = folders.list_samples("cityscapes", root, "train", use_instance=True)
+    assert len(samples) == 2 and not problems and samples[0].instance.endswith("_instanceIds.png")
+    prep = folders.Preprocess("fixed", 512, 32, 64, flip=False)
+    out = folders.load_folder_sample(samples[0], spec_for("cityscapes"), prep,
+                                     np.random.default_rng(0), True, False)
+    assert out["image"].shape == (32, 64, 3) and out["instance"].shape == (32, 64)
+    assert set(np.unique(out["instance"])) == {0, 26001, 26002}
+    assert out["label"].max() < 35
+
+
+def test_coco_stuff_layout_and_dontcare(tmp_path):
+    root = str(tmp_path / "coco")
+    for pre in ("train", "val"):
+        for i in range(2):
+            lab = RNG.integers(0, 182, (30, 40)).astype(np.uint8)
+            lab[0, :5] = 255
+            write_png(f"{root}/{pre}_label/{i:012d}.png", lab)
+            write_png(f"{root}/{pre}_inst/{i:012d}.png", (lab // 50).astype(np.uint8))
+            Image.fromarray(label_coloured_image(lab)).save(f"{root}/{pre}_img/{i:012d}.jpg") if os.makedirs(
+                f"{root}/{pre}_img", exist_ok=True) is None else None
+    samples, problems = folders.list_samples("coco-stuff", root, "train", use_instance=True)
+    assert len(samples) == 2 and not problems
+    lab, _ = folders.read_label(samples[0].label, spec_for("coco-stuff"))
+    assert (lab[0, :5] == 182).all() and lab.max() == 182
+
+
+def test_custom_layout_with_pipeline(tmp_path):
+    root = str(tmp_path / "custom")
+    for i in range(4):
+        lab = RNG.integers(0, 5, (36, 36)).astype(np.uint8)
+        write_png(f"{root}/labels/img{i}.png", lab)
+        write_png(f"{root}/images/img{i}.png", label_coloured_image(lab))
+    samples, _ = folders.list_samples("custom", root)
+    source = pipeline.FolderSource(samples, spec_for("custom", 5, False),
+                                   folders.Preprocess("resize_and_crop", 36, 32, 32, True), False, True)
+    ds = pipeline.make_dataset(source, 2, 32, 32, seed=0, use_dist=True, num_steps=3)
+    batches = list(ds)
+    assert len(batches) == 3
+    assert batches[0]["image"].shape == (2, 32, 32, 3) and batches[0]["dist"].shape == (2, 32, 32, 2)
+    # the data position is a pure function of the step: starting at step 2 gives batch 2
+    again = list(pipeline.make_dataset(source, 2, 32, 32, seed=0, use_dist=True, start_step=2, num_steps=1))
+    for k in batches[2]:
+        np.testing.assert_array_equal(again[0][k].numpy(), batches[2][k].numpy())
+
+
+# --- bad samples -----------------------------------------------------------------------
+
+def custom_root(tmp_path, n=3, size=(20, 20), maxlab=5):
+    root = str(tmp_path / "c")
+    for i in range(n):
+        lab = RNG.integers(0, maxlab, size).astype(np.uint8)
+        write_png(f"{root}/labels/s{i}.png", lab)
+        write_png(f"{root}/images/s{i}.png", label_coloured_image(lab))
+    return root
+
+
+def load(root, name, label_nc=5, palette=None, dontcare=False):
+    samples, _ = folders.list_samples("custom", root)
+    s = [x for x in samples if os.path.basename(x.image).startswith(name)][0]
+    return folders.load_folder_sample(s, spec_for("custom", label_nc, dontcare, palette),
+                                      folders.Preprocess("resize_and_crop", 20, 16, 16, False),
+                                      np.random.default_rng(0), False, False)
+
+
+def test_out_of_range_label_error_names_value_file_classes_and_flag(tmp_path):
+    root = custom_root(tmp_path)
+    lab = np.zeros((20, 20), np.uint8)
+    lab[3, 4] = 17
+    write_png(f"{root}/labels/s1.png", lab)
+    with pytest.raises(folders.BadSample) as e:
+        load(root, "s1")
+    msg = str(e.value)
+    assert "s1.png" in msg and "label value 17" in msg and "5 classes" in msg and "--label-nc" in msg
+    assert "\n" not in msg
+
+
+def test_out_of_range_on_a_preset_points_at_the_dataset(tmp_path):
+    spec = spec_for("cityscapes")
+    with pytest.raises(folders.BadSample, match=r"label value 40 is outside the 35 classes .*--dataset"):
+        folders.remap_label(np.full((2, 2), 40), spec, "x.png")
+
+
+def test_unreadable_image_and_size_mismatch(tmp_path):
+    root = custom_root(tmp_path)
+    with open(f"{root}/images/s0.png", "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(folders.BadSample, match=r"s0.png: unreadable image"):
+        load(root, "s0")
+    write_png(f"{root}/images/s2.png", np.zeros((10, 20, 3), np.uint8))
+    with pytest.raises(folders.BadSample, match=r"s2.png: image is 20x10 but its label map .*s2.png is 20x20"):
+        load(root, "s2")
+
+
+def test_missing_pair_is_reported(tmp_path):
+    root = custom_root(tmp_path)
+    os.remove(f"{root}/labels/s1.png")
+    samples, problems = folders.list_samples("custom", root)
+    assert len(samples) == 2
+    assert problems == [f"image {root}/images/s1.png has no label map"]
+
+
+def test_rgb_masks_need_a_palette(tmp_path):
+    root = custom_root(tmp_path)
+    mask = np.zeros((20, 20, 3), np.uint8)
+    mask[:10] = (255, 0, 0)
+    mask[10:] = (0, 0, 255)
+    write_png(f"{root}/labels/s0.png", mask)
+    with pytest.raises(folders.BadSample, match=r"s0.png: label map is an RGB colour mask.*--palette FILE"):
+        load(root, "s0")
+    pal_path = tmp_path / "pal.json"
+    pal_path.write_text(json.dumps({"255,0,0": 1, "0,0,255": 3}))
+    out = load(root, "s0", palette=folders.load_palette(str(pal_path)))
+    assert set(np.unique(out["label"])) == {1, 3}
+    (tmp_path / "pal.txt").write_text("255 0 0 1\n")
+    with pytest.raises(folders.BadSample, match=r"colour \(0, 0, 255\) at .* is not in the palette"):
+        load(root, "s0", palette=folders.load_palette(str(tmp_path / "pal.txt")))
+    (tmp_path / "bad.txt").write_text("255 0 1\n")
+    with pytest.raises(ValueError, match=r"bad.txt:1: expected 'r g b class'"):
+        folders.load_palette(str(tmp_path / "bad.txt"))
+
+
+def test_skip_bad_samples_reports_counts_and_substitutes_deterministically(tmp_path, capsys):
+    root = custom_root(tmp_path, n=4)
+    with open(f"{root}/images/s2.png", "wb") as f:
+        f.write(b"junk")
+    samples, _ = folders.list_samples("custom", root)
+    prep = folders.Preprocess("resize_and_crop", 20, 16, 16, False)
+    strict = pipeline.FolderSource(samples, spec_for("custom", 5, False), prep, False, False)
+    with pytest.raises(Exception, match="s2.png: unreadable image"):
+        list(pipeline.make_dataset(strict, 4, 16, 16, num_steps=1))
+    lenient = pipeline.FolderSource(samples, spec_for("custom", 5, False), prep, False, False, skip_bad=True)
+    a = list(pipeline.make_dataset(lenient, 2, 16, 16, num_steps=4))
+    assert lenient.bad_count == 1
+    assert "skipping bad sample (1 so far)" in capsys.readouterr().err
+    b = list(pipeline.make_dataset(lenient, 2, 16, 16, num_steps=4))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["label"].numpy(), y["label"].numpy())
+
+
+def test_scan_label_classes(tmp_path):
+    root = custom_root(tmp_path, maxlab=3)
+    lab = np.zeros((20, 20), np.uint8)
+    lab[0, 0] = 9
+    write_png(f"{root}/labels/s0.png", lab)
+    samples, _ = folders.list_samples("custom", root)
+    classes = folders.scan_label_classes(samples)
+    assert 9 in classes and set(classes) <= {0, 1, 2, 9}
