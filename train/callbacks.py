@@ -11,8 +11,8 @@ from train.checkpoint import save_checkpoint
 
 
 def current_lr(opt):
-    lr = opt.learning_rate
-    return float(lr(opt.iterations) if callable(lr) else lr)
+    """The optimizer's learning rate now (schedules evaluated; works on distributed variables)."""
+    return float(tf.convert_to_tensor(opt.learning_rate).numpy())
 
 
 class RunMonitor(keras.callbacks.Callback):

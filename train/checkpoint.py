@@ -35,6 +35,14 @@ def list_checkpoints(run_dir):
     return sorted(out)
 
 
+def remove_partial_checkpoints(run_dir):
+    """Deletes temporary checkpoint folders a killed process left behind."""
+    if os.path.isdir(run_dir):
+        for name in os.listdir(run_dir):
+            if name.startswith(".tmp-ckpt-"):
+                shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+
+
 def latest_checkpoint(run_dir):
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else (None, None)

@@ -204,7 +204,20 @@ class CladeGAN(keras.Model):
         logs = {k: tf.reduce_mean(v) for k, v in {**g_terms, **d_terms}.items()}
         logs["G_total"] = tf.add_n([logs[k] for k in g_terms])
         logs["D_total"] = tf.add_n([logs[k] for k in d_terms])
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces multi-worker logs with `strategy.reduce("MEAN", v, axis=0)`,
+            # which needs a leading axis to average over.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
 
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 pulls a first batch here and reduces it with
+        # `strategy.reduce("MEAN", batch)`, which MultiWorkerMirroredStrategy
+        # rejects for a dict batch ("Attempt to convert a value ({'image':
+        # PerReplica ...}) to a Tensor"). `build_all()` has built everything.
+        if self.built and self.g_optimizer.built and self.d_optimizer.built:
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)

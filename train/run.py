@@ -16,7 +16,12 @@ from clade_tf.config import GeneratorConfig
 from clade_tf.data import folders, pipeline
 from clade_tf.presets import get_preset
 from train.callbacks import LinearDecay, RunMonitor
-from train.checkpoint import atomic_write_text, latest_checkpoint, restore_checkpoint
+from train.checkpoint import (
+    atomic_write_text,
+    latest_checkpoint,
+    remove_partial_checkpoints,
+    restore_checkpoint,
+)
 from train.config import TrainConfig
 from train.gan import CladeGAN, load_vgg19
 
@@ -150,6 +155,8 @@ def run(cfg: TrainConfig, resume_required=False, verbose=1):
     """Trains to `cfg.steps` total steps, resuming from the run directory's newest
     checkpoint if there is one. Returns a summary dict."""
     t0 = time.time()
+    # MultiWorkerMirroredStrategy must exist before other TF work.
+    strategy = make_strategy(cfg.strategy)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -158,14 +165,15 @@ def run(cfg: TrainConfig, resume_required=False, verbose=1):
     preset = resolve_preset(cfg)
     gen_cfg: GeneratorConfig = preset.generator_config(
         cfg.norm, use_vae=cfg.use_vae, param_free_norm=cfg.param_free_norm)
-    strategy = make_strategy(cfg.strategy)
     chief = is_chief(strategy)
-    run_dir = cfg.out if chief else os.path.join(cfg.out, f".worker-{os.getpid()}")
-    os.makedirs(run_dir, exist_ok=True)
+    run_dir = cfg.out  # only the chief writes to it
+    if chief:
+        os.makedirs(run_dir, exist_ok=True)
     record = {"preset": dataclasses.asdict(preset), "generator": gen_cfg.to_dict(),
               "discriminator": preset.discriminator_config().to_dict(), "train": cfg.to_dict()}
     if chief:
         check_run_dir(run_dir, record)
+        remove_partial_checkpoints(run_dir)
 
     source = make_source(cfg, preset, gen_cfg)
     spe = pipeline.steps_per_epoch(source, cfg.batch_size)

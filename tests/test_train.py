@@ -1,0 +1,302 @@
+"""Training tests: GAN losses, resume, crash safety, CLI errors, distribution strategies."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clade_tf import presets
+from train.checkpoint import list_checkpoints
+from train.config import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+
+TINY = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32, ngf=8, ndf=8,
+                                 batch_size=4)
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    monkeypatch.setitem(presets.PRESETS, "synthetic", TINY)
+
+
+def tiny_cfg(out, **kw):
+    base = dict(out=str(out), steps=4, batch_size=4, checkpoint_every=2, log_every=1, image_every=2,
+                synthetic_length=16)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(model):
+    return [v.numpy().copy() for v in model.weights]
+
+
+def run_quiet(cfg, **kw):
+    from train.run import run
+
+    return run(cfg, verbose=0, **kw)
+
+
+def test_resume_continues_step_count_weights_and_data(tiny_preset, tmp_path):
+    from clade_tf import Generator
+
+    # interrupted: 4 steps, then continued to 6
+    a = run_quiet(tiny_cfg(tmp_path / "a", steps=4))
+    assert a["final_step"] == 4 and [s for s, _ in list_checkpoints(tmp_path / "a")] == [2, 4]
+    b = run_quiet(tiny_cfg(tmp_path / "a", steps=6))
+    assert b["start_step"] == 4 and b["final_step"] == 6
+    # uninterrupted: 6 steps
+    c = run_quiet(tiny_cfg(tmp_path / "c", steps=6))
+    assert c["start_step"] == 0 and c["final_step"] == 6
+    ga = keras.models.load_model(str(tmp_path / "a" / "generator.keras"))
+    gc = keras.models.load_model(str(tmp_path / "c" / "generator.keras"))
+    assert isinstance(ga, Generator)
+    for x, y in zip(weights(ga), weights(gc)):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+    # and it really trained: the weights moved away from the initialisation
+    g0 = Generator(ga.config)
+    keras.utils.set_random_seed(0)
+    g0 = Generator(ga.config)
+    g0.build()
+    assert any(not np.allclose(x, y) for x, y in zip(weights(ga), weights(g0)))
+    # config.json lets export rebuild the model without flags
+    rec = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert rec["generator"] == ga.config.to_dict() and rec["train"]["steps"] == 6
+    # nothing more to do at the total
+    d = run_quiet(tiny_cfg(tmp_path / "a", steps=6))
+    assert d["final_step"] == 6 and d["start_step"] == 6
+
+
+def test_tensorboard_has_losses_lrs_images_and_fidelity(tiny_preset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    s = run_quiet(tiny_cfg(tmp_path / "r", steps=2))
+    assert s["fidelity_init"] is not None and 0 <= s["fidelity_final"] <= 1
+    logdir = tmp_path / "r" / "logs" / "train"
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    for t in ("loss/G_GAN", "loss/G_Feat", "loss/D_Fake", "loss/D_Real", "lr/generator",
+              "lr/discriminator", "synthetic/fidelity", "samples/label_generated_real"):
+        assert t in tags, (t, tags)
+    lr = [tf.make_ndarray(e.tensor_proto) for e in acc.Tensors("lr/discriminator")]
+    assert float(lr[0]) == pytest.approx(4e-4)
+    assert os.path.isfile(tmp_path / "r" / "samples_final.png")
+
+
+def test_run_dir_with_other_settings_is_refused(tiny_preset, tmp_path):
+    from train.run import UsageError
+
+    run_quiet(tiny_cfg(tmp_path / "r", steps=2))
+    with pytest.raises(UsageError, match=r"different settings: .*norm \('clade' -> 'spade'\)"):
+        run_quiet(tiny_cfg(tmp_path / "r", steps=4, norm="spade"))
+    with pytest.raises(UsageError, match="--resume: no checkpoint"):
+        run_quiet(tiny_cfg(tmp_path / "empty", steps=2), resume_required=True)
+
+
+def test_linear_decay_schedule():
+    from train.callbacks import LinearDecay
+
+    s = LinearDecay(1e-4, 100, 200)
+    assert float(s(0)) == pytest.approx(1e-4) and float(s(100)) == pytest.approx(1e-4)
+    assert float(s(150)) == pytest.approx(5e-5) and float(s(200)) == pytest.approx(0.0)
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+def cli(*args, cwd=ROOT, timeout=600):
+    return subprocess.run([sys.executable, "-m", "train", *args], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=timeout)
+
+
+def test_cli_help_documents_flags():
+    res = cli("--help")
+    assert res.returncode == 0
+    for flag in ("--dataset", "--dataroot", "--norm", "--batch-size", "--steps", "--epochs", "--out",
+                 "--resume", "--vgg-weights", "--use-vae", "--strategy", "--label-nc", "--palette",
+                 "--skip-bad-samples", "--mixed-precision"):
+        assert flag in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "ade20k", "--steps", "2"], "error: --dataset ade20k needs --dataroot DIR"),
+        (["--dataset", "ade20k", "--label-nc", "5"], "error: --label-nc applies to --dataset custom only"),
+        (["--dataset", "custom", "--dataroot", "/nonexistent", "--steps", "2", "--label-nc", "3"],
+         "error: --dataroot /nonexistent does not exist"),
+        (["--steps", "2", "--epochs", "1"], "error: give --steps or --epochs, not both"),
+        (["--vgg-weights", "/nope.h5", "--steps", "1", "--out", "{tmp}/v"], "error: VGG19 weights file not found: '/nope.h5'"),
+        (["--resume", "--out", "{tmp}/none", "--steps", "1"], "error: --resume: no checkpoint in"),
+    ],
+)
+def test_cli_errors_are_one_line(args, message, tmp_path):
+    res = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), res.stderr[-2000:]
+
+
+def write_custom(root, n=4, maxlab=3, bad_value=None):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    os.makedirs(f"{root}/images")
+    os.makedirs(f"{root}/labels")
+    for i in range(n):
+        lab = np.kron(rng.integers(0, maxlab, (4, 4)), np.ones((16, 16), np.int64)).astype(np.uint8)
+        if bad_value is not None and i == 1:
+            lab[5, 5] = bad_value
+        Image.fromarray(lab).save(f"{root}/labels/x{i}.png")
+        Image.fromarray((rng.uniform(0, 255, (64, 64, 3))).astype(np.uint8)).save(f"{root}/images/x{i}.png")
+
+
+def test_cli_custom_label_nc_auto_and_out_of_range(tmp_path):
+    root = str(tmp_path / "data")
+    write_custom(root, bad_value=7)
+    res = cli("--dataset", "custom", "--dataroot", root, "--label-nc", "3", "--steps", "2",
+              "--out", str(tmp_path / "r1"), "--batch-size", "2")
+    assert res.returncode == 2
+    err = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "x1.png: label value 7" in err[0] and "3 classes" in err[0] and "--label-nc" in err[0]
+    res = cli("--dataset", "custom", "--dataroot", root, "--label-nc", "auto", "--steps", "1",
+              "--out", str(tmp_path / "r2"), "--batch-size", "2", "--checkpoint-every", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--label-nc auto: 4 classes found in 4 label maps: [0, 1, 2, 7]; using label_nc=8" in res.stdout
+
+
+@pytest.mark.slow
+def test_kill_9_loses_at_most_one_checkpoint_interval(tmp_path):
+    out = str(tmp_path / "run")
+    args = [sys.executable, "-m", "train", "--steps", "60", "--checkpoint-every", "5", "--out", out,
+            "--image-every", "1000", "--batch-size", "4"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(s >= 10 for s, _ in list_checkpoints(out)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = max(s for s, _ in list_checkpoints(out))
+    assert saved >= 10
+    res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"(step {saved} of 60)" in res.stdout
+    assert "done: 60 steps" in res.stdout
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
+
+
+# --- distribution ----------------------------------------------------------------------
+
+EQUIVALENCE = textwrap.dedent(
+    """
+    import os, sys, json
+    import numpy as np, tensorflow as tf, keras
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from clade_tf import Generator, GeneratorConfig, MultiscaleDiscriminator, DiscriminatorConfig
+    from clade_tf.data import pipeline
+    from train.gan import CladeGAN
+
+    gcfg = GeneratorConfig(num_classes=6, image_height=32, image_width=32, ngf=8,
+                           param_free_norm="syncbatch", use_instance=True)
+    src = pipeline.SyntheticSource(6, 32, 32, length=8, seed=0)
+    ds = pipeline.make_dataset(src, 4, 32, 32, seed=0, use_instance=True, num_steps=1)
+
+    def make(strategy, init=None):
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            gan = CladeGAN(Generator(gcfg), MultiscaleDiscriminator(DiscriminatorConfig(ndf=8)))
+            gan.compile(g_optimizer=keras.optimizers.SGD(1e-3), d_optimizer=keras.optimizers.SGD(1e-3))
+            gan.build_all()
+            if init is not None:
+                for v, x in zip(gan.weights, init):
+                    v.assign(x)
+        return gan
+
+    one = make(tf.distribute.get_strategy())
+    init = [v.numpy() for v in one.weights]
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    two = make(mirrored, init)
+    h1 = one.fit(ds, epochs=1, steps_per_epoch=1, verbose=0).history
+    h2 = two.fit(ds, epochs=1, steps_per_epoch=1, verbose=0).history
+    def maxdiff(pairs):
+        return max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in pairs)
+
+    trainable = [i for i, v in enumerate(one.weights) if v.trainable]
+    state = [i for i, v in enumerate(one.weights) if not v.trainable]
+    w1 = [v.numpy() for v in one.weights]
+    w2 = [v.numpy() for v in two.weights]
+    diff = maxdiff((w1[i], w2[i]) for i in trainable)
+    moved = maxdiff((w1[i], init[i]) for i in trainable)
+    state_diff = maxdiff((w1[i], w2[i]) for i in state)
+    print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "diff": diff, "moved": moved,
+                      "state_diff": state_diff,
+                      "one": {k: v[-1] for k, v in h1.items()}, "two": {k: v[-1] for k, v in h2.items()}}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_one_mirrored_step_equals_one_single_device_step():
+    res = subprocess.run([sys.executable, "-c", EQUIVALENCE], capture_output=True, text=True,
+                         env=ENV, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2
+    assert out["moved"] > 1e-4  # the step did something
+    # trainable weights: equal up to float32 summation order in the gradient all-reduce
+    assert out["diff"] < 1e-7, out
+    # non-trainable state (BatchNorm moving statistics computed by the synchronized
+    # all-reduce of sums of squares, spectral-norm u/v): equal to float32 rounding
+    assert out["state_diff"] < 1e-5, out
+    # logged losses do not depend on the replica count
+    for k, v in out["one"].items():
+        assert out["two"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (k, out)
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multiworker_on_loopback(tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    out = str(tmp_path / "mw")
+    procs = []
+    for i in range(2):
+        env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "train", "--strategy", "multiworker", "--steps", "3", "--batch-size", "4",
+             "--checkpoint-every", "3", "--image-every", "1000", "--out", out],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        results = [p.communicate(timeout=400) for p in procs]
+    finally:
+        for p in procs:  # a failed worker leaves its peer waiting in a collective
+            if p.poll() is None:
+                p.kill()
+    for p, (so, se) in zip(procs, results):
+        assert p.returncode == 0, se[-3000:]
+    assert "done: 3 steps" in results[0][0]
+    assert [s for s, _ in list_checkpoints(out)] == [3]
+    assert sorted(os.listdir(out)) == ["ckpt-3", "config.json", "generator.keras", "logs", "samples",
+                                       "samples_final.png"]
+    rec = json.loads(open(os.path.join(out, "config.json")).read())
+    assert rec["train"]["strategy"] == "multiworker"
