@@ -40,7 +40,7 @@ class TrainConfig:
     dataroot: str | None = None
     norm: str = "clade"
     batch_size: int = 8
-    steps: int = 300
+    steps: int = 800
     out: str = "runs/synthetic-clade"
     seed: int = 0
     g_lr: float = 1e-4
@@ -54,9 +54,9 @@ class TrainConfig:
     vgg_weights: str | None = None
     use_vae: bool = False
     strategy: str = "auto"
-    checkpoint_every: int = 100
+    checkpoint_every: int = 200
     log_every: int = 20
-    image_every: int = 50
+    image_every: int = 100
     skip_bad_samples: bool = False
     label_nc: int | None = None
     contain_dontcare: bool = False
