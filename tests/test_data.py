@@ -122,9 +122,9 @@ def label_coloured_image(label, scale=10):
 def make_ade(root, n=3, size=(40, 48), split="training"):
     for i in range(n):
         lab = RNG.integers(0, 151, size).astype(np.uint8)
-        write_png(f"{root}/annotations/{split}/ADE_{i:04d}.png", lab)
-        write_png(f"{root}/images/{split}/ADE_{i:04d}.jpg".replace(".jpg", ".png"),
-                  label_coloured_image(lab, 1))
+        tag = "train" if split == "training" else "val"
+        write_png(f"{root}/annotations/{split}/ADE_{tag}_{i:08d}.png", lab)
+        write_png(f"{root}/images/{split}/ADE_{tag}_{i:08d}.png", label_coloured_image(lab, 1))
 
 
 def spec_for(name, label_nc=None, dontcare=None, palette=None):
@@ -142,6 +142,7 @@ def test_ade20k_layout_and_label_shift(tmp_path):
     samples, problems = folders.list_samples("ade20k", root, "train")
     assert len(samples) == 3 and not problems
     assert len(folders.list_samples("ade20k", root, "val")[0]) == 2
+    assert folders.list_samples("ade20k-outdoor", root, "train")[0] == samples
     raw = np.asarray(Image.open(samples[0].label)).astype(np.int64)
     lab, _ = folders.read_label(samples[0].label, spec_for("ade20k"))
     assert (lab[raw == 0] == 150).all()  # 0 ("other") -> don't-care, the last class
@@ -152,8 +153,8 @@ def test_resize_and_crop_keeps_image_and_label_aligned_and_flips_dist(tmp_path):
     root = str(tmp_path / "ade")
     # blocky random labels: unique crop positions, and interiors to check colours on
     lab = np.kron(RNG.integers(1, 4, (6, 6)), np.ones((10, 10), np.int64)).astype(np.uint8)
-    write_png(f"{root}/annotations/training/a.png", lab)
-    write_png(f"{root}/images/training/a.png", label_coloured_image(lab, 80))
+    write_png(f"{root}/annotations/training/ADE_train_1.png", lab)
+    write_png(f"{root}/images/training/ADE_train_1.png", label_coloured_image(lab, 80))
     samples, _ = folders.list_samples("ade20k", root, "train")
     prep = folders.Preprocess("resize_and_crop", 40, 32, 32, flip=True)
     full = np.asarray(Image.fromarray(lab).resize((40, 40), Image.NEAREST)).astype(np.int32) - 1

@@ -138,6 +138,7 @@ def test_cli_help_documents_flags():
         (["--steps", "2", "--epochs", "1"], "error: give --steps or --epochs, not both"),
         (["--vgg-weights", "/nope.h5", "--steps", "1", "--out", "{tmp}/v"], "error: VGG19 weights file not found: '/nope.h5'"),
         (["--resume", "--out", "{tmp}/none", "--steps", "1"], "error: --resume: no checkpoint in"),
+        (["--mixed-precision", "--steps", "1", "--out", "{tmp}/mp"], "error: --mixed-precision is not supported yet"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):
@@ -300,3 +301,88 @@ def test_multiworker_on_loopback(tmp_path):
                                        "samples_final.png"]
     rec = json.loads(open(os.path.join(out, "config.json")).read())
     assert rec["train"]["strategy"] == "multiworker"
+
+
+# --- loss terms ------------------------------------------------------------------------
+
+def tiny_gan(use_vae=False, vgg=None):
+    from clade_tf import ConvEncoder, DiscriminatorConfig, Generator, MultiscaleDiscriminator
+    from train.gan import CladeGAN
+
+    gcfg = TINY.generator_config("clade", use_vae=use_vae, param_free_norm="batch")
+    enc = ConvEncoder(ngf=4, z_dim=gcfg.z_dim, input_size=64) if use_vae else None
+    gan = CladeGAN(Generator(gcfg), MultiscaleDiscriminator(DiscriminatorConfig(ndf=8)), enc, vgg)
+    gan.compile(g_optimizer=keras.optimizers.Adam(1e-4, 0.0, 0.9),
+                d_optimizer=keras.optimizers.Adam(4e-4, 0.0, 0.9))
+    gan.build_all()
+    return gan
+
+
+def tiny_batch(n=2):
+    from clade_tf.data import synthetic
+
+    s = [synthetic.make_sample(0, i, TINY.num_classes, 32, 32) for i in range(n)]
+    return {k: tf.constant(np.stack([x[k] for x in s])) for k in ("image", "label", "instance")}
+
+
+def test_hinge_and_feature_matching_losses_match_their_definitions():
+    gan = tiny_gan()
+    batch = tiny_batch()
+    g_terms, fake = gan.generator_losses(batch, training=False)
+    seg = gan.semantics(batch)
+    pf, pr = gan.discriminate(seg, fake, batch["image"], training=False)
+    gan_loss = np.mean([-np.mean(p[-1].numpy().reshape(2, -1), axis=1) for p in pf], axis=0)
+    np.testing.assert_allclose(g_terms["G_GAN"].numpy(), gan_loss, rtol=1e-4, atol=1e-6)
+    feat = sum(np.mean(np.abs(f.numpy() - r.numpy()).reshape(2, -1), axis=1)
+               for a, b in zip(pf, pr) for f, r in zip(a[:-1], b[:-1])) * 10.0 / 2
+    np.testing.assert_allclose(g_terms["G_Feat"].numpy(), feat, rtol=1e-4)
+    d_terms = gan.discriminator_losses(batch, training=False)
+    real = np.mean([np.mean(np.maximum(1 - p[-1].numpy(), 0).reshape(2, -1), axis=1) for p in pr], axis=0)
+    np.testing.assert_allclose(d_terms["D_Real"].numpy(), real, rtol=1e-4)
+    logs = gan.test_step(batch)
+    assert set(logs) == {"G_GAN", "G_Feat", "D_Fake", "D_Real", "G_total", "D_total"}
+
+
+def test_vae_training_has_kld_and_updates_the_encoder():
+    gan = tiny_gan(use_vae=True)
+    batch = tiny_batch()
+    e0 = [v.numpy().copy() for v in gan.encoder.trainable_variables]
+    logs = tf.function(gan.train_step)(batch)
+    assert "G_KLD" in logs and float(logs["G_KLD"]) >= 0  # ~0 at init: mu, logvar start near 0
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(e0, gan.encoder.trainable_variables))
+    # make mu, logvar clearly non-zero, then check the official formula (summed over z)
+    gan.encoder.fc_mu.bias.assign(np.full(gan.encoder.z_dim, 0.5, np.float32))
+    gan.encoder.fc_var.bias.assign(np.full(gan.encoder.z_dim, -0.3, np.float32))
+    mu, logvar = gan.encoder(batch["image"])
+    kld = -0.5 * np.sum(1 + logvar.numpy() - mu.numpy() ** 2 - np.exp(logvar.numpy()), axis=1) * 0.05
+    g_terms, _ = gan.generator_losses(batch, training=False)
+    np.testing.assert_allclose(g_terms["G_KLD"].numpy(), kld, rtol=1e-4)
+
+
+def test_vgg_loss_from_a_local_weights_file(tmp_path):
+    from train.gan import VGG_WEIGHTS, load_vgg19
+
+    path = str(tmp_path / "vgg19_notop.weights.h5")
+    keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    vgg = load_vgg19(path, 32, 32)
+    assert len(vgg.outputs) == 5 and not vgg.trainable_weights
+    gan = tiny_gan(vgg=vgg)
+    batch = tiny_batch()
+    g_terms, fake = gan.generator_losses(batch, training=False)
+    assert "G_VGG" in g_terms
+
+    def feats(x):
+        return [f.numpy() for f in vgg(keras.applications.vgg19.preprocess_input((x + 1.0) * 127.5))]
+
+    ff, rf = feats(fake), feats(batch["image"])
+    ref = sum(w * np.mean(np.abs(a - b).reshape(2, -1), axis=1) for w, a, b in zip(VGG_WEIGHTS, ff, rf)) * 10
+    np.testing.assert_allclose(g_terms["G_VGG"].numpy(), ref, rtol=1e-4)
+    with pytest.raises(FileNotFoundError, match="VGG19 weights file not found"):
+        load_vgg19(str(tmp_path / "missing.h5"), 32, 32)
+
+
+def test_epochs_flag_sets_the_step_total(tiny_preset):
+    from train.cli import build_parser, resolve
+
+    cfg, _ = resolve(build_parser().parse_args(["--epochs", "3", "--synthetic-length", "40"]))
+    assert cfg.steps == 3 * (40 // 4)

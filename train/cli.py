@@ -1,6 +1,7 @@
 """Command line of the training application."""
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -55,7 +56,7 @@ def build_parser():
     a("--contain-dontcare", action="store_true", help="custom datasets: label 255 is a don't-care class")
     a("--palette", metavar="FILE", help="custom datasets with RGB colour masks: colour -> class file (JSON or 'r g b class' lines)")
     a("--use-instance", action="store_true", help="custom datasets: read instance maps from <dataroot>/instances")
-    a("--mixed-precision", action="store_true", help="mixed_float16 compute with loss scaling (for GPUs)")
+    a("--mixed-precision", action="store_true", help="mixed_float16 compute (not supported yet: refused with an error)")
     a("--synthetic-length", type=int, default=d.synthetic_length, help="samples per epoch of the synthetic dataset")
     return p
 
@@ -100,8 +101,10 @@ def resolve(args):
         from clade_tf.data import pipeline
         from train.run import make_source
 
-        gen_cfg = preset.generator_config(args.norm)
-        source = make_source(cfg, cfg_preset(cfg), gen_cfg)
+        from train.run import resolve_preset
+
+        resolved = resolve_preset(cfg)
+        source = make_source(cfg, resolved, resolved.generator_config(args.norm))
         steps = args.epochs * pipeline.steps_per_epoch(source, batch)
     if steps is None:
         if args.dataset != "synthetic":
@@ -109,15 +112,7 @@ def resolve(args):
         steps = TrainConfig().steps
     if steps < 1:
         raise UsageError(f"--steps {steps}: expected >= 1")
-    import dataclasses
-
     return dataclasses.replace(cfg, steps=steps), args.resume
-
-
-def cfg_preset(cfg):
-    from train.run import resolve_preset
-
-    return resolve_preset(cfg)
 
 
 def resolve_label_nc(args):
@@ -138,17 +133,13 @@ def resolve_label_nc(args):
         raise UsageError("--label-nc auto needs --dataroot")
     samples, _ = folders.list_samples("custom", args.dataroot, "train", False)
     palette = folders.load_palette(args.palette) if args.palette else None
-    classes = scan_classes(samples, palette)
+    classes = folders.scan_label_classes(samples, palette)
     if args.contain_dontcare:
         classes = [c for c in classes if c != 255]
     n = max(classes) + 1 if classes else 1
     print(f"--label-nc auto: {len(classes)} classes found in {len(samples)} label maps: "
           f"{classes[:50]}{' ...' if len(classes) > 50 else ''}; using label_nc={n}")
     return n
-
-
-def scan_classes(samples, palette):
-    return __import__("clade_tf.data.folders", fromlist=["scan_label_classes"]).scan_label_classes(samples, palette)
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ not depend on the number of replicas.
 import keras
 import tensorflow as tf
 
-from clade_tf.networks.generator import Generator
+from clade_tf.layers.ops import instance_edges
 
 VGG_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
@@ -105,8 +105,6 @@ class CladeGAN(keras.Model):
         g = self.generator
         cond = {"label": tf.cast(batch["label"], tf.int32)}
         if g.config.use_instance:
-            from clade_tf.layers.ops import instance_edges
-
             cond["edge"] = instance_edges(batch["instance"])
         return g.segmap(cond)
 
@@ -186,13 +184,16 @@ class CladeGAN(keras.Model):
             g_terms, fake = self.generator_losses(batch, training=True)
             g_loss = tf.add_n([self._global_scale(v) for v in g_terms.values()])
         g_vars = self.g_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
+        # scale_loss: the loss scale of a LossScaleOptimizer (mixed precision), else identity
+        grads = tape.gradient(self.g_optimizer.scale_loss(g_loss), g_vars)
+        self.g_optimizer.apply_gradients(zip(grads, g_vars))
 
         d_vars = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             d_terms = self.discriminator_losses(batch, training=True)
             d_loss = tf.add_n([self._global_scale(v) for v in d_terms.values()])
-        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
+        grads = tape.gradient(self.d_optimizer.scale_loss(d_loss), d_vars)
+        self.d_optimizer.apply_gradients(zip(grads, d_vars))
         return self._logs(g_terms, d_terms)
 
     def test_step(self, batch):

@@ -7,7 +7,6 @@ reports and counts it.
 """
 
 import dataclasses
-import glob
 import json
 import os
 
@@ -77,9 +76,16 @@ def list_samples(dataset, dataroot, phase="train", use_instance=False):
         raise FileNotFoundError(f"--dataroot {dataroot} does not exist")
     train = phase == "train"
     if dataset in ("ade20k", "ade20k-outdoor"):
-        sub = "training" if train else "validation"
-        images = _list(os.path.join(dataroot, "images", sub))
-        labels = _list(os.path.join(dataroot, "annotations", sub), (".png",))
+        # As the official loaders: any file under an `images` / `annotations` folder
+        # whose name carries `_train_` / `_val_` (ADE_train_00000001.jpg ...).
+        tag = "_train_" if train else "_val_"
+
+        def pick(files, folder):
+            return [p for p in files if tag in os.path.basename(p)
+                    and folder in os.path.relpath(p, dataroot).split(os.sep)]
+
+        images = pick(_list(dataroot), "images")
+        labels = pick(_list(dataroot, (".png",)), "annotations")
         return _pair(images, labels)
     if dataset == "cityscapes":
         sub = "train" if train else "val"
@@ -309,7 +315,3 @@ def load_folder_sample(sample, spec, prep, rng, use_instance, use_dist):
         d = dist[y0:y0 + prep.crop_height, x0:x0 + prep.crop_width]
         out["dist"] = np.ascontiguousarray(flip_distance_map(d) if flip else d)
     return out
-
-
-def find_files(pattern):
-    return sorted(glob.glob(pattern))

@@ -88,6 +88,8 @@ class Conv2D(keras.layers.Layer):
             shape=(k, k, in_channels, self.filters),
             initializer=self.kernel_initializer,
             name=name,
+            # read in float32 under mixed precision: sigma = u^T W v underflows in float16
+            autocast=False,
         )
         self.bias = (
             self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
@@ -101,6 +103,7 @@ class Conv2D(keras.layers.Layer):
                 initializer=keras.initializers.RandomNormal(0.0, 1.0),
                 trainable=False,
                 aggregation="only_first_replica",
+                autocast=False,
                 name="sn_u",
             )
             self.sn_v = self.add_weight(
@@ -108,6 +111,7 @@ class Conv2D(keras.layers.Layer):
                 initializer=keras.initializers.RandomNormal(0.0, 1.0),
                 trainable=False,
                 aggregation="only_first_replica",
+                autocast=False,
                 name="sn_v",
             )
             self.sn_u.assign(_l2_normalize(self.sn_u.value, self.eps))

@@ -61,10 +61,12 @@ class ParamFreeNorm(keras.layers.Layer):
     def call(self, x, training=None):
         if self.bn is not None:
             return self.bn(x, training=training)
+        dtype = x.dtype
+        x = tf.cast(x, tf.float32)  # moments in float32 (mixed precision)
         mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
         centered = x - mean
         var = tf.reduce_mean(tf.square(centered), axis=[1, 2], keepdims=True)
-        return centered * tf.math.rsqrt(var + tf.cast(self.epsilon, x.dtype))
+        return tf.cast(centered * tf.math.rsqrt(var + self.epsilon), dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
