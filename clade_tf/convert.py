@@ -23,41 +23,51 @@ IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
 class _Loader:
+    """Collects every problem (missing, unexpected, mis-shaped keys) before raising."""
+
     def __init__(self, state_dict):
         self.sd = {k: np.asarray(v) for k, v in state_dict.items()}
         self.used = set()
+        self.missing = []
+        self.mismatched = []
 
     def take(self, key):
         if key not in self.sd:
-            raise KeyError(f"official state dict has no {key!r}")
+            self.missing.append(key)
+            return None
         self.used.add(key)
         return self.sd[key]
 
-    def has(self, key):
-        return key in self.sd
-
     def assign(self, var, value, key):
+        if value is None:
+            return
         value = np.asarray(value, dtype=np.float32)
         if tuple(var.shape) != value.shape:
-            raise ValueError(f"{key}: shape {value.shape} does not fit {var.path} {tuple(var.shape)}")
+            # name the checkpoint's own (PyTorch-layout) shape
+            self.mismatched.append(f"{key} {self.sd[key].shape} does not fit ours {tuple(var.shape)}")
+            return
         var.assign(value)
 
     def conv(self, layer: Conv2D, prefix):
+        name = prefix + (".weight_orig" if layer.spectral_norm else ".weight")
+        w = self.take(name)
+        if w is not None and w.ndim != 4:
+            self.mismatched.append(f"{name} {w.shape} does not fit ours {tuple(layer.kernel.shape)} (not a conv)")
+            w = None
+        self.assign(layer.kernel, None if w is None else np.transpose(w, (2, 3, 1, 0)), name)
         if layer.spectral_norm:
-            w = self.take(prefix + ".weight_orig")
-            self.assign(layer.kernel, np.transpose(w, (2, 3, 1, 0)), prefix + ".weight_orig")
             self.assign(layer.sn_u, self.take(prefix + ".weight_u"), prefix + ".weight_u")
-            cout, cin, kh, kw = w.shape
-            v = self.take(prefix + ".weight_v").reshape(cin, kh, kw).transpose(1, 2, 0).reshape(-1)
+            v = self.take(prefix + ".weight_v")
+            if v is not None and w is not None and v.size == np.prod(w.shape[1:]):
+                cin, kh, kw = w.shape[1:]
+                v = v.reshape(cin, kh, kw).transpose(1, 2, 0).reshape(-1)
             self.assign(layer.sn_v, v, prefix + ".weight_v")
-        else:
-            w = self.take(prefix + ".weight")
-            self.assign(layer.kernel, np.transpose(w, (2, 3, 1, 0)), prefix + ".weight")
         if layer.bias is not None:
             self.assign(layer.bias, self.take(prefix + ".bias"), prefix + ".bias")
 
     def dense(self, layer, prefix):
-        self.assign(layer.kernel, self.take(prefix + ".weight").T, prefix + ".weight")
+        w = self.take(prefix + ".weight")
+        self.assign(layer.kernel, None if w is None else w.T, prefix + ".weight")
         self.assign(layer.bias, self.take(prefix + ".bias"), prefix + ".bias")
 
     def param_free(self, norm: ParamFreeNorm, prefix):
@@ -84,11 +94,19 @@ class _Loader:
             raise ValueError("norm mode 'none' has no official counterpart")
 
     def finish(self, strict):
+        """Raises one error naming every problem; returns the unused keys when not strict."""
         left = sorted(k for k in self.sd if k not in self.used and not k.endswith(IGNORED_SUFFIXES))
+        problems = []
+        if self.missing:
+            problems.append(f"{len(self.missing)} missing: {', '.join(self.missing[:10])}"
+                            + (" ..." if len(self.missing) > 10 else ""))
+        if self.mismatched:
+            problems.append(f"{len(self.mismatched)} shape mismatches: {'; '.join(self.mismatched[:10])}"
+                            + (" ..." if len(self.mismatched) > 10 else ""))
         if strict and left:
-            raise ValueError(
-                f"{len(left)} official weights were not used (architecture mismatch?): {left[:8]}"
-            )
+            problems.append(f"{len(left)} unexpected: {', '.join(left[:10])}" + (" ..." if len(left) > 10 else ""))
+        if problems:
+            raise ValueError("official weights do not fit this architecture: " + "; ".join(problems))
         return left
 
 
