@@ -1,0 +1,185 @@
+"""Import an official CLADE / SPADE PyTorch generator checkpoint (no torch needed).
+
+    python -m export.from_torch latest_net_G.pth --preset ade20k --out runs/ade20k-official
+    python -m export.from_torch G.pth --preset custom --label-nc 3 --contain-dontcare \\
+        --use-instance --image-size 32x32 --ngf 2 --encoder E.pth --out runs/mine
+
+Writes a run directory like `python -m train` does (`config.json`, `generator.keras`,
+`generator.weights.h5`, and `encoder.weights.h5` with `--encoder`). The norm mode,
+instance edges, VAE input and width are read from the checkpoint; flags that
+contradict it, or a preset with another class count, are errors.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class ImportErrorMessage(Exception):
+    pass
+
+
+def inspect_checkpoint(sd):
+    """What a generator state dict says about its architecture."""
+    if "fc.weight" not in sd or "head_0.conv_0.weight_orig" not in sd:
+        raise ImportErrorMessage("this is not an official SPADEGenerator state dict "
+                                 "(no fc.weight / head_0.conv_0.weight_orig)")
+    fc = sd["fc.weight"]
+    info = {"use_vae": fc.ndim == 2, "ngf": int(fc.shape[0] // 16 if fc.ndim == 4 else sd["head_0.conv_0.weight_orig"].shape[1] // 16)}
+    if "head_0.norm_0.class_specified_affine.weight" in sd:
+        table = sd["head_0.norm_0.class_specified_affine.weight"]
+        info["norm_mode"] = "clade-icpe" if "head_0.norm_0.class_specified_affine.dist_conv_w.weight" in sd else "clade"
+        info["num_classes"] = int(table.shape[0])
+        info["use_instance"] = "head_0.norm_0.inst_conv.weight" in sd
+        info["classes_from"] = f"head_0.norm_0.class_specified_affine.weight {tuple(table.shape)}"
+    elif "head_0.norm_0.mlp_shared.0.weight" in sd:
+        info["norm_mode"] = "spade"
+        info["semantic_channels"] = int(sd["head_0.norm_0.mlp_shared.0.weight"].shape[1])
+        info["classes_from"] = f"head_0.norm_0.mlp_shared.0.weight {tuple(sd['head_0.norm_0.mlp_shared.0.weight'].shape)}"
+    else:
+        raise ImportErrorMessage("cannot tell the norm mode: no CLADE tables and no SPADE mlp_shared")
+    info["most"] = "up_4.conv_0.weight_orig" in sd
+    # BatchNorm keeps running statistics; InstanceNorm (affine=False) has none
+    info["batch_norm"] = "head_0.norm_0.param_free_norm.running_mean" in sd
+    return info
+
+
+def parse_size(text):
+    try:
+        h, w = (int(t) for t in text.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise ImportErrorMessage(f"--image-size {text!r}: expected HxW, e.g. 256x512") from None
+
+
+def build_config(args, sd):
+    from clade_tf.presets import get_preset
+
+    info = inspect_checkpoint(sd)
+    preset = get_preset(args.preset)
+    if args.preset == "custom":
+        if args.label_nc is None:
+            raise ImportErrorMessage("--preset custom needs --label-nc N")
+        preset = preset.replace(label_nc=args.label_nc, contain_dontcare=args.contain_dontcare,
+                                use_instance=args.use_instance)
+    elif args.label_nc is not None:
+        raise ImportErrorMessage(f"--label-nc applies to --preset custom only ({args.preset} has {preset.label_nc})")
+    if args.norm and args.norm != info["norm_mode"]:
+        raise ImportErrorMessage(f"--norm {args.norm}, but the checkpoint is a {info['norm_mode']} generator")
+    if args.use_vae and not info["use_vae"]:
+        raise ImportErrorMessage("--use-vae, but the checkpoint's fc is a conv (label-map input)")
+    n = preset.num_classes
+    if info["norm_mode"] == "spade":
+        use_instance = info["semantic_channels"] == n + 1
+        ok = info["semantic_channels"] in (n, n + 1)
+        found = f"{info['semantic_channels']} semantic channels"
+    else:
+        use_instance = info["use_instance"]
+        ok = info["num_classes"] == n
+        found = f"{info['num_classes']} classes"
+    if not ok:
+        raise ImportErrorMessage(
+            f"{args.checkpoint} has {found} ({info['classes_from']}) but --preset {args.preset} expects "
+            f"{n} classes; use the preset it was trained with, or --preset custom --label-nc N")
+    if use_instance != preset.use_instance and args.preset != "custom":
+        raise ImportErrorMessage(
+            f"{args.checkpoint} {'uses' if use_instance else 'does not use'} instance edges, "
+            f"--preset {args.preset} {'does' if preset.use_instance else 'does not'}")
+    pfn = args.param_free_norm or ("syncbatch" if info["batch_norm"] else "instance")
+    if (pfn == "instance") == info["batch_norm"]:
+        raise ImportErrorMessage(
+            f"--param-free-norm {pfn}, but the checkpoint's norms "
+            f"{'have' if info['batch_norm'] else 'have no'} BatchNorm running statistics")
+    h, w = parse_size(args.image_size) if args.image_size else (preset.image_height, preset.image_width)
+    ups = args.num_upsampling_layers or ("most" if info["most"] else preset.num_upsampling_layers)
+    cfg = preset.generator_config(
+        info["norm_mode"], use_instance=use_instance, use_vae=info["use_vae"], ngf=info["ngf"],
+        image_height=h, image_width=w, num_upsampling_layers=ups, param_free_norm=pfn)
+    return preset, cfg
+
+
+def write_run(out, preset, cfg, generator, encoder, source, force):
+    if os.path.exists(out) and os.listdir(out) and not force:
+        raise ImportErrorMessage(f"--out {out} exists and is not empty (use --force to replace it)")
+    tmp = f"{out.rstrip('/')}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        record = {"preset": dataclasses.asdict(preset), "generator": cfg.to_dict(),
+                  "discriminator": preset.discriminator_config().to_dict(), "source": source}
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        generator.save_weights(os.path.join(tmp, "generator.weights.h5"))
+        generator.save(os.path.join(tmp, "generator.keras"))
+        if encoder is not None:
+            encoder.save_weights(os.path.join(tmp, "encoder.weights.h5"))
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args):
+    from clade_tf import ConvEncoder, Generator
+    from clade_tf.convert import load_encoder, load_generator
+    from clade_tf.torch_checkpoint import load_state_dict
+
+    sd = load_state_dict(args.checkpoint)
+    preset, cfg = build_config(args, sd)
+    g = Generator(cfg, name="generator")
+    load_generator(g, sd)
+    enc = None
+    if args.encoder:
+        if not cfg.use_vae:
+            raise ImportErrorMessage("--encoder given, but the generator is not a VAE-mode generator")
+        esd = load_state_dict(args.encoder)
+        enc = ConvEncoder(ngf=int(esd["layer1.0.weight_orig"].shape[0]) if "layer1.0.weight_orig" in esd else cfg.ngf,
+                          z_dim=cfg.z_dim, input_size=256, name="encoder")
+        load_encoder(enc, esd)
+    source = {"checkpoint": os.path.abspath(args.checkpoint),
+              "encoder": os.path.abspath(args.encoder) if args.encoder else None}
+    write_run(args.out, preset, cfg, g, enc, source, args.force)
+    return cfg
+
+
+def main(argv=None):
+    from clade_tf.presets import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m export.from_torch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="official generator checkpoint (*_net_G.pth, torch.save zip format)")
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--norm", choices=("clade", "clade-icpe", "spade"), help="expected norm mode (checked)")
+    p.add_argument("--use-vae", action="store_true", help="expect a VAE-mode generator (checked)")
+    p.add_argument("--encoder", metavar="E.pth", help="the matching *_net_E.pth for VAE models")
+    p.add_argument("--label-nc", type=int, help="custom preset: classes without don't-care")
+    p.add_argument("--contain-dontcare", action="store_true", help="custom preset: one extra don't-care class")
+    p.add_argument("--use-instance", action="store_true", help="custom preset: instance edges")
+    p.add_argument("--image-size", metavar="HxW", help="output size (default: the preset's)")
+    p.add_argument("--num-upsampling-layers", choices=("normal", "more", "most"))
+    p.add_argument("--param-free-norm", choices=("syncbatch", "batch", "instance"),
+                   help="official norm_G 'spectralspade<THIS>3x3' (default: syncbatch if the checkpoint "
+                        "has BatchNorm statistics, else instance)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    args = p.parse_args(argv)
+    from clade_tf.torch_checkpoint import CheckpointError
+
+    try:
+        cfg = run(args)
+    except (ImportErrorMessage, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"imported {cfg.norm_mode} generator ({cfg.num_classes} classes, ngf {cfg.ngf}, "
+          f"{cfg.image_height}x{cfg.image_width}{', VAE' if cfg.use_vae else ''}) into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Importing official PyTorch checkpoints without torch: the reader, its safety, and parity."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clade_tf import ConvEncoder
+from clade_tf.torch_checkpoint import CheckpointError, load_state_dict
+from export import from_torch
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def fx(name):
+    return os.path.join(FIX, name)
+
+
+def test_reader_matches_torch_values_dtypes_views_and_scalars():
+    sd = load_state_dict(fx("torch_reader.pth"))
+    expected = np.load(fx("torch_reader_expected.npz"))
+    assert sorted(sd) == sorted(expected.files)
+    for k in expected.files:
+        assert sd[k].dtype == expected[k].dtype and sd[k].shape == expected[k].shape, k
+        np.testing.assert_array_equal(sd[k], expected[k])
+    # a strided view with an offset into a shared storage
+    np.testing.assert_array_equal(sd["c.view"], sd["c.base"][1:, ::2])
+
+
+def test_reader_refuses_code_execution_and_unneeded_globals(tmp_path):
+    marker = "/tmp/pwned"
+    if os.path.exists(marker):
+        os.remove(marker)
+    with pytest.raises(CheckpointError, match=r"refusing to load global posix.system"):
+        load_state_dict(fx("torch_malicious.pth"))
+    assert not os.path.exists(marker)
+    with pytest.raises(CheckpointError, match=r"refusing to load global __builtin__.eval"):
+        load_state_dict(fx("torch_odd_global.pth"))
+
+
+def test_reader_errors_for_legacy_and_non_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match=r"legacy \(pre-1.6, non-zip\) torch checkpoint"):
+        load_state_dict(fx("torch_legacy.pth"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"hello world")
+    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+        load_state_dict(str(junk))
+    with pytest.raises(FileNotFoundError):
+        load_state_dict(str(tmp_path / "missing.pth"))
+
+
+def nhwc(x):
+    return np.transpose(x, (0, 2, 3, 1))
+
+
+def rel_l2(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_import_icpe_with_instances_matches_official(tmp_path):
+    out = str(tmp_path / "run")
+    code = from_torch.main([fx("official_tiny_icpe_inst_net_G.pth"), "--preset", "custom", "--label-nc", "3",
+                            "--contain-dontcare", "--use-instance", "--image-size", "32x32", "--out", out])
+    assert code == 0
+    assert sorted(os.listdir(out)) == ["config.json", "generator.keras", "generator.weights.h5"]
+    g = keras.models.load_model(os.path.join(out, "generator.keras"))
+    c = g.config
+    assert (c.norm_mode, c.num_classes, c.use_instance, c.ngf, c.param_free_norm) == ("clade-icpe", 4, True, 2, "syncbatch")
+    data = np.load(fx("official_tiny_icpe_inst.npz"))
+    inputs = {"label": tf.constant(data["in/label"], tf.int32), "instance": tf.constant(data["in/instance"], tf.int32),
+              "dist": tf.constant(nhwc(data["in/dist"]))}
+    ours = g.features(inputs, training=False).numpy()
+    assert rel_l2(ours, nhwc(data["out/eval_pre_tanh"])) < 1e-4
+
+
+def test_import_vae_generator_and_encoder_match_official(tmp_path):
+    out = str(tmp_path / "run")
+    code = from_torch.main([fx("official_tiny_vae_net_G.pth"), "--preset", "custom", "--label-nc", "3",
+                            "--image-size", "64x64", "--use-vae", "--encoder", fx("official_tiny_vae_net_E.pth"),
+                            "--out", out])
+    assert code == 0
+    g = keras.models.load_model(os.path.join(out, "generator.keras"))
+    assert g.config.use_vae and g.config.param_free_norm == "instance"
+    data = np.load(fx("official_tiny_vae.npz"))
+    ours = g.features({"label": tf.constant(data["in/label"], tf.int32), "z": tf.constant(data["in/z"])}).numpy()
+    assert rel_l2(ours, nhwc(data["out/eval_pre_tanh"])) < 1e-4
+    enc = ConvEncoder(ngf=2, z_dim=256, input_size=256)
+    enc.build()
+    enc.load_weights(os.path.join(out, "encoder.weights.h5"))
+    e = np.load(fx("official_tiny_vae_E.npz"))
+    mu, logvar = enc(tf.constant(nhwc(e["in/x"])))
+    assert rel_l2(mu.numpy(), e["out/mu"]) < 1e-4 and rel_l2(logvar.numpy(), e["out/logvar"]) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--preset", "ade20k"], r"has 4 classes \(head_0.norm_0.class_specified_affine.weight \(4, 32\)\) but "
+                                 r"--preset ade20k expects 151 classes"),
+        (["--preset", "custom", "--label-nc", "3", "--contain-dontcare", "--use-instance", "--norm", "spade"],
+         "--norm spade, but the checkpoint is a clade-icpe generator"),
+        (["--preset", "custom", "--label-nc", "3", "--contain-dontcare", "--param-free-norm", "instance"],
+         "--param-free-norm instance, but the checkpoint's norms have BatchNorm running statistics"),
+        (["--preset", "custom", "--label-nc", "3", "--contain-dontcare", "--image-size", "32"],
+         "--image-size '32': expected HxW"),
+    ],
+)
+def test_import_errors_are_one_line(extra, message, tmp_path, capsys):
+    code = from_torch.main([fx("official_tiny_icpe_inst_net_G.pth"), "--out", str(tmp_path / "r"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    import re
+
+    assert re.search(message, err[0]), err[0]
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_import_refuses_a_non_empty_out_and_leaves_no_temp(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    args = [fx("official_tiny_icpe_inst_net_G.pth"), "--preset", "custom", "--label-nc", "3", "--contain-dontcare",
+            "--use-instance", "--image-size", "32x32", "--out", str(out)]
+    assert from_torch.main(args) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["r"]
