@@ -10,6 +10,9 @@ import tensorflow as tf
 from clade_tf.layers.conv import Conv2D
 
 PARAM_FREE_NORMS = ("syncbatch", "batch", "instance")
+# "identity": inference graphs whose BatchNorm statistics were folded into the
+# modulation (see `clade_tf.inference.fold_for_inference`).
+_KINDS = PARAM_FREE_NORMS + ("identity",)
 
 # PyTorch defaults: eps 1e-5, momentum 0.1 (running = 0.9 * running + 0.1 * batch).
 EPSILON = 1e-5
@@ -37,7 +40,7 @@ class ParamFreeNorm(keras.layers.Layer):
 
     def __init__(self, kind="syncbatch", epsilon=EPSILON, **kwargs):
         super().__init__(**kwargs)
-        if kind not in PARAM_FREE_NORMS:
+        if kind not in _KINDS:
             raise ValueError(
                 f"param-free norm {kind!r} is not one of {', '.join(PARAM_FREE_NORMS)}"
             )
@@ -61,6 +64,8 @@ class ParamFreeNorm(keras.layers.Layer):
     def call(self, x, training=None):
         if self.bn is not None:
             return self.bn(x, training=training)
+        if self.kind == "identity":
+            return x
         dtype = x.dtype
         x = tf.cast(x, tf.float32)  # moments in float32 (mixed precision)
         mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)

@@ -42,6 +42,8 @@ class Generator(keras.Model):
         config: a `GeneratorConfig` (or its dict form).
         check_labels: raise on labels outside `[0, num_classes)` (a graph
             assertion; exporters may turn it off).
+        spectral_norm: spectral-normalize the residual blocks' convs (official);
+            False only for folded inference generators (`clade_tf.inference`).
 
     Example:
     >>> from clade_tf import GeneratorConfig, Generator
@@ -50,12 +52,13 @@ class Generator(keras.Model):
     >>> img = g({"label": tf.zeros([1, 64, 64], tf.int32)})  # [1, 64, 64, 3] in [-1, 1]
     """
 
-    def __init__(self, config, check_labels=True, **kwargs):
+    def __init__(self, config, check_labels=True, spectral_norm=True, **kwargs):
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = GeneratorConfig.from_dict(config)
         self.config = config
         self.check_labels = bool(check_labels)
+        self.spectral_norm = bool(spectral_norm)
         c = config
         nf = c.ngf
         self.sh, self.sw = c.latent_size
@@ -70,7 +73,7 @@ class Generator(keras.Model):
             return ResnetBlock(
                 fin, fout, norm_mode=c.norm_mode, num_classes=c.num_classes,
                 param_free_norm=c.param_free_norm, use_instance_edge=c.use_instance,
-                spade_hidden=c.spade_hidden, name=name,
+                spade_hidden=c.spade_hidden, spectral_norm=self.spectral_norm, name=name,
             )
 
         specs = [
@@ -103,6 +106,8 @@ class Generator(keras.Model):
         return out
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         c = self.config
         H, W = c.image_height, c.image_width
         if c.use_vae:
@@ -217,6 +222,7 @@ class Generator(keras.Model):
         return {
             "config": self.config.to_dict(),
             "check_labels": self.check_labels,
+            "spectral_norm": self.spectral_norm,
             "name": self.name,
         }
 

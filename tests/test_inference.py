@@ -1,0 +1,52 @@
+"""Folded inference generators equal the originals in inference, without the training-time ops."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from clade_tf import Generator, GeneratorConfig
+from clade_tf.inference import fold_for_inference
+
+RNG = np.random.default_rng(5)
+
+
+def inputs(cfg, n=2):
+    h, w = cfg.image_height, cfg.image_width
+    d = {"label": tf.constant(RNG.integers(0, cfg.num_classes, (n, h, w)), tf.int32),
+         "instance": tf.constant(RNG.integers(0, 3, (n, h, w)), tf.int32),
+         "dist": tf.constant(RNG.uniform(-1, 1, (n, h, w, 2)), tf.float32)}
+    if cfg.use_vae:
+        d["z"] = tf.constant(RNG.standard_normal((n, cfg.z_dim)), tf.float32)
+    return d
+
+
+def op_types(g):
+    fn = tf.function(lambda x: g(x, training=False))
+    return [op.type for op in fn.get_concrete_function(g.input_signature(1)).graph.get_operations()]
+
+
+@pytest.mark.parametrize("mode", ["clade", "clade-icpe", "spade", "none"])
+@pytest.mark.parametrize("pfn", ["batch", "instance"])
+def test_folded_generator_equals_original_in_inference(mode, pfn):
+    cfg = GeneratorConfig(num_classes=5, image_height=32, image_width=32, ngf=4, norm_mode=mode,
+                          param_free_norm=pfn, use_instance=True, use_vae=(mode == "none"))
+    g = Generator(cfg)
+    x = inputs(cfg)
+    for _ in range(3):  # non-trivial BatchNorm statistics and spectral-norm state
+        g(x, training=True)
+    for blk in g.blocks:  # CLADE beta starts at zero: make it matter
+        for norm in blk.norm_layers():
+            if hasattr(norm, "beta"):
+                norm.beta.assign(RNG.standard_normal(norm.beta.shape).astype(np.float32))
+    f = fold_for_inference(g)
+    ref = g.features(x, training=False).numpy()
+    np.testing.assert_allclose(f.features(x).numpy(), ref, atol=1e-4 * max(1.0, np.abs(ref).max()))
+    assert not any(w.path.endswith(("sn_u", "sn_v")) for w in f.weights)
+    types = op_types(f)
+    assert "Assert" not in types
+    folded = pfn == "batch" and mode in ("clade", "none")
+    assert f.config.param_free_norm == ("identity" if folded else pfn)
+    if folded:
+        # each CLADE layer: lookup + multiply-add; no normalization ops left
+        assert "Rsqrt" not in types and "FusedBatchNormV3" not in types
+    assert types.count("Conv2D") == op_types(g).count("Conv2D")
