@@ -11,10 +11,16 @@ from clade_tf.layers.resblock import ResnetBlock
 
 
 def upsample2x(x):
-    """Nearest x2 upsampling (PyTorch `nn.Upsample(scale_factor=2)`)."""
+    """Nearest x2 upsampling (PyTorch `nn.Upsample(scale_factor=2)`: source = floor(dst / 2)).
+
+    Written as the asymmetric nearest resize (`half_pixel_centers=False`), which gives
+    the same pixels for an integer factor and exports to ONNX as a standard Resize
+    (asymmetric / floor) instead of the deprecated `tf_half_pixel_for_nn` mode.
+    """
     h, w = x.shape[1], x.shape[2]
     size = [h * 2, w * 2] if (h is not None and w is not None) else tf.shape(x)[1:3] * 2
-    return tf.image.resize(x, size, method="nearest")
+    return tf.raw_ops.ResizeNearestNeighbor(images=x, size=size, align_corners=False,
+                                            half_pixel_centers=False)
 
 
 @keras.saving.register_keras_serializable(package="clade_tf")
