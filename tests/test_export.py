@@ -72,3 +72,41 @@ def test_export_errors(tmp_path, capsys):
     assert export_main(["--run", run, "--out", str(tmp_path / "e"), "--formats", "tflite,coreml"]) == 2
     assert "unknown format(s) ['coreml']" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "e")
+
+
+def test_infer_runs_every_format_and_rejects_bad_labels(tmp_path, capsys):
+    from PIL import Image
+
+    from export.infer import main as infer_main
+
+    run, _ = make_run(tmp_path)
+    out = tmp_path / "exp"
+    assert export_main(["--run", run, "--out", str(out), "--formats", "saved_model,tflite,onnx"]) == 0
+    lab = np.kron(np.random.default_rng(1).integers(0, 5, (4, 4)), np.ones((8, 8), np.int64)).astype(np.uint8)
+    Image.fromarray(lab).save(tmp_path / "label.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "inst.png")
+    results = []
+    for model in ("saved_model", "model_fp32.tflite", "model.onnx"):
+        dst = tmp_path / f"{model}.png"
+        assert infer_main(["--model", str(out / model), "--labels", str(tmp_path / "label.png"),
+                           "--instances", str(tmp_path / "inst.png"), "--out", str(dst)]) == 0
+        img = np.asarray(Image.open(dst)).astype(np.int64)
+        assert img.shape == (32, 32, 3)
+        results.append(img)
+    assert max(np.abs(a - results[0]).max() for a in results) <= 1  # same model, same pixels
+    bad = lab.copy()
+    bad[0, 0] = 9
+    Image.fromarray(bad).save(tmp_path / "bad.png")
+    Image.fromarray(lab[:16]).save(tmp_path / "small.png")
+    capsys.readouterr()
+    cases = [
+        (["--labels", str(tmp_path / "bad.png"), "--instances", str(tmp_path / "inst.png")],
+         "bad.png: class 9 is not known to the model (classes 0..4)"),
+        (["--labels", str(tmp_path / "small.png"), "--instances", str(tmp_path / "inst.png")],
+         "small.png: label map is 32x16, the model expects 32x32"),
+        (["--labels", str(tmp_path / "label.png")], "this model uses instance edges: pass --instances"),
+    ]
+    for extra, message in cases:
+        assert infer_main(["--model", str(out / "model.onnx"), "--out", str(tmp_path / "x.png"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: {err[7:]}" and message in err, err

@@ -1,0 +1,133 @@
+"""Run an exported generator on label PNGs.
+
+    python -m export.infer --model exports/run/model_fp32.tflite --labels label.png --out image.png
+    python -m export.infer --model exports/run/model.onnx --labels labels/ --instances insts/ --out images/
+
+`--model` is a SavedModel directory, a `.tflite` or a `.onnx` file from `python -m export`
+(its `report.json` beside it gives the size and class count). Label PNGs hold class ids
+(single channel); CLADE-ICPE maps are computed from them; VAE models get a random z
+(`--seed`).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class InferError(Exception):
+    pass
+
+
+def load_contract(model):
+    path = os.path.join(os.path.dirname(os.path.abspath(model.rstrip("/"))), "report.json")
+    if not os.path.isfile(path):
+        raise InferError(f"{path} not found: --model must be a file of an export directory written by python -m export")
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_label(path, num_classes, height, width, what="label map"):
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as e:
+        raise InferError(f"{path}: unreadable {what} ({e})") from None
+    arr = np.asarray(img)
+    if arr.ndim != 2:
+        raise InferError(f"{path}: {what} must be a single-channel PNG of class ids, got shape {arr.shape}")
+    if arr.shape != (height, width):
+        raise InferError(f"{path}: {what} is {arr.shape[1]}x{arr.shape[0]}, the model expects {width}x{height}")
+    arr = arr.astype(np.int64)
+    if num_classes is not None and (arr.min() < 0 or arr.max() >= num_classes):
+        bad = int(arr[(arr < 0) | (arr >= num_classes)][0])
+        raise InferError(f"{path}: class {bad} is not known to the model (classes 0..{num_classes - 1})")
+    return arr.astype(np.int32)
+
+
+def make_runner(model):
+    from export.exporter import run_onnx, run_saved_model, run_tflite
+
+    if os.path.isdir(model):
+        return lambda x: run_saved_model(model, x)
+    if model.endswith(".tflite"):
+        return lambda x: run_tflite(model, x)
+    if model.endswith(".onnx"):
+        return lambda x: run_onnx(model, x)
+    raise InferError(f"--model {model}: expected a SavedModel directory, a .tflite or a .onnx file")
+
+
+def list_pngs(path):
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(".png"))
+        if not files:
+            raise InferError(f"{path}: no .png files")
+        return files
+    if not os.path.isfile(path):
+        raise InferError(f"{path} not found")
+    return [path]
+
+
+def run(args):
+    from clade_tf import viz
+    from clade_tf.data.icpe import icpe_distance_map
+
+    if not os.path.exists(args.model):
+        raise InferError(f"--model {args.model} not found")
+    report = load_contract(args.model)
+    gen = report["generator"]
+    h, w = gen["image_height"], gen["image_width"]
+    labels = list_pngs(args.labels)
+    insts = None
+    if "instance" in report["contract"]["inputs"]:
+        if not args.instances:
+            raise InferError("this model uses instance edges: pass --instances (PNG or folder)")
+        insts = list_pngs(args.instances)
+        if len(insts) != len(labels):
+            raise InferError(f"{len(labels)} label maps but {len(insts)} instance maps")
+    many = len(labels) > 1 or os.path.isdir(args.labels)
+    if many:
+        os.makedirs(args.out, exist_ok=True)
+    runner = make_runner(args.model)
+    rng = np.random.default_rng(args.seed)
+    for i, lp in enumerate(labels):
+        lab = read_label(lp, gen["num_classes"], h, w)
+        x = {"label": lab[None]}
+        if insts is not None:
+            x["instance"] = read_label(insts[i], None, h, w, "instance map")[None]
+        if "dist" in report["contract"]["inputs"]:
+            x["dist"] = icpe_distance_map(lab)[None]
+        if "z" in report["contract"]["inputs"]:
+            x["z"] = rng.standard_normal((1, gen["z_dim"])).astype(np.float32)
+        x = {k: x[k] for k in report["contract"]["inputs"]}
+        img = runner(x)[0]
+        dst = os.path.join(args.out, os.path.basename(lp)) if many else args.out
+        viz.save_png(dst, viz.to_uint8(img))
+        print(f"{lp} -> {dst}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m export.infer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="SavedModel dir, .tflite or .onnx from python -m export")
+    p.add_argument("--labels", required=True, help="label PNG or folder of them")
+    p.add_argument("--instances", help="instance-id PNG or folder (models with instance edges)")
+    p.add_argument("--out", required=True, help="output PNG (one input) or folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of z for VAE models")
+    args = p.parse_args(argv)
+    try:
+        run(args)
+    except InferError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
