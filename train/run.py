@@ -48,7 +48,10 @@ def resolve_preset(cfg: TrainConfig):
 def make_strategy(name):
     if name not in ("auto", "one", "mirrored", "multiworker"):
         raise UsageError(f"--strategy {name!r}: expected auto, one, mirrored or multiworker")
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    except json.JSONDecodeError as e:
+        raise UsageError(f"TF_CONFIG is not valid JSON ({e})") from None
     workers = len(tf_config.get("cluster", {}).get("worker", [])) + len(
         tf_config.get("cluster", {}).get("chief", []))
     if name == "multiworker" or (name == "auto" and workers > 1):
