@@ -126,3 +126,30 @@ def test_import_refuses_a_non_empty_out_and_leaves_no_temp(tmp_path, capsys):
     assert from_torch.main(args) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["r"]
+
+
+def test_official_checkpoint_to_tflite_to_png_end_to_end(tmp_path):
+    from PIL import Image
+
+    from export.__main__ import main as export_main
+    from export.infer import main as infer_main
+
+    run, exp = str(tmp_path / "run"), str(tmp_path / "exp")
+    assert from_torch.main([fx("official_tiny_icpe_inst_net_G.pth"), "--preset", "custom", "--label-nc", "3",
+                            "--contain-dontcare", "--use-instance", "--image-size", "32x32", "--out", run]) == 0
+    assert export_main(["--run", run, "--out", exp, "--formats", "tflite"]) == 0
+    data = np.load(fx("official_tiny_icpe_inst.npz"))
+    Image.fromarray(data["in/label"][0].astype(np.uint8)).save(tmp_path / "label.png")
+    Image.fromarray(data["in/instance"][0].astype(np.uint8)).save(tmp_path / "inst.png")
+    out = tmp_path / "out.png"
+    assert infer_main(["--model", os.path.join(exp, "model_fp32.tflite"), "--labels", str(tmp_path / "label.png"),
+                       "--instances", str(tmp_path / "inst.png"), "--out", str(out)]) == 0
+    # the PNG is the official generator's output for the same label/instance maps (ICPE map from the labels)
+    from clade_tf.data.icpe import icpe_distance_map
+
+    g = keras.models.load_model(os.path.join(run, "generator.keras"))
+    lab = data["in/label"][:1].astype(np.int32)
+    ref = g({"label": tf.constant(lab), "instance": tf.constant(data["in/instance"][:1], tf.int32),
+             "dist": tf.constant(icpe_distance_map(lab[0])[None])}).numpy()[0]
+    got = np.asarray(Image.open(out)).astype(np.float32) / 127.5 - 1
+    assert np.abs(got - ref).max() <= 1.5 / 127.5
