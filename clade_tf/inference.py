@@ -43,16 +43,22 @@ def _copy_bn(src, dst):
         dst.norm.bn.moving_variance.assign(src.norm.bn.moving_variance.numpy())
 
 
+def _fold_affine(src, dst, fold):
+    """Copies `gamma`, `beta` (a CLADE table or a per-channel affine), folding the
+    BatchNorm statistics into them when `fold` (else copying the statistics)."""
+    gamma, beta = src.gamma.numpy().astype(np.float64), src.beta.numpy().astype(np.float64)
+    if fold:
+        mean, scale = _bn_stats(src)
+        gamma, beta = gamma / scale, beta - mean * gamma / scale
+    else:
+        _copy_bn(src, dst)
+    dst.gamma.assign(gamma.astype(np.float32))
+    dst.beta.assign(beta.astype(np.float32))
+
+
 def _fold_norm(src, dst, fold):
     if isinstance(src, ClassAdaptiveNorm):
-        gamma, beta = src.gamma.numpy().astype(np.float64), src.beta.numpy().astype(np.float64)
-        if fold:
-            mean, scale = _bn_stats(src)
-            gamma, beta = gamma / scale, beta - mean * gamma / scale
-        else:
-            _copy_bn(src, dst)
-        dst.gamma.assign(gamma.astype(np.float32))
-        dst.beta.assign(beta.astype(np.float32))
+        _fold_affine(src, dst, fold)
         if src.use_icpe:
             _copy_conv(src.dist_conv_gamma, dst.dist_conv_gamma)
             _copy_conv(src.dist_conv_beta, dst.dist_conv_beta)
@@ -63,14 +69,7 @@ def _fold_norm(src, dst, fold):
         for name in ("mlp_shared", "mlp_gamma_conv", "mlp_beta_conv"):
             _copy_conv(getattr(src, name), getattr(dst, name))
     elif isinstance(src, AffineNorm):
-        gamma, beta = src.gamma.numpy().astype(np.float64), src.beta.numpy().astype(np.float64)
-        if fold:
-            mean, scale = _bn_stats(src)
-            gamma, beta = gamma / scale, beta - mean * gamma / scale
-        else:
-            _copy_bn(src, dst)
-        dst.gamma.assign(gamma.astype(np.float32))
-        dst.beta.assign(beta.astype(np.float32))
+        _fold_affine(src, dst, fold)
     else:
         raise TypeError(f"cannot fold {type(src).__name__}")
 
