@@ -2,6 +2,15 @@
 
     python -m export --run runs/synthetic-clade --out exports/synthetic-clade \\
         [--formats saved_model,tflite,tflite-fp16,tflite-int8-dynamic,tflite-int8,onnx] [--batch 1]
+    python -m export --weights G.weights.h5 --preset synthetic [--norm clade] \\
+        [--param-free-norm syncbatch] [--use-vae] --out exports/mine
+
+The generator comes from a run directory (`--run`: its config.json and newest
+checkpoint) or from a Keras weights file and the preset it was trained with
+(`--weights` + `--preset`: the architecture `python -m train --dataset PRESET
+--norm ...` builds). Full-integer int8 is calibrated on the training data (the
+run's dataset; with --weights the preset's: synthetic needs no files, others
+--calibration-dataroot), else on blocky random label maps, with a notice.
 """
 
 import argparse
@@ -11,28 +20,91 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def main(argv=None):
-    from export.exporter import FORMATS
+def build_parser():
+    from clade_tf.presets import PRESETS
+    from export.exporter import CALIBRATION_SAMPLES, FORMATS
 
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="run directory (python -m train or export.from_torch)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run directory (python -m train or export.from_torch)")
+    src.add_argument("--weights", metavar="FILE", help="generator weights (.weights.h5) to export; needs --preset")
     p.add_argument("--out", required=True, help="export directory to write")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
     p.add_argument("--batch", type=int, default=1, help="static batch size of the exported graph")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    args = p.parse_args(argv)
-    from export.exporter import ExportError, export, load_run
+    p.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES, metavar="N",
+                   help=f"int8 calibration samples (default {CALIBRATION_SAMPLES})")
+    p.add_argument("--calibration-dataroot", metavar="DIR",
+                   help="dataset folder for the int8 calibration (the preset's layout); with --run it "
+                        "replaces the recorded --dataroot")
+    w = p.add_argument_group("with --weights: the architecture (as python -m train builds it)")
+    w.add_argument("--preset", choices=sorted(PRESETS), help="dataset preset the weights were trained with")
+    w.add_argument("--norm", choices=("clade", "clade-icpe", "spade", "none"), help="norm mode (default: clade)")
+    w.add_argument("--param-free-norm", choices=("syncbatch", "batch", "instance"),
+                   help="parameter-free normalization (default: syncbatch)")
+    w.add_argument("--use-vae", action="store_true", help="VAE-mode generator (z input)")
+    w.add_argument("--label-nc", type=int, help="--preset custom: classes without don't-care")
+    w.add_argument("--contain-dontcare", action="store_true", help="--preset custom: one extra don't-care class")
+    w.add_argument("--use-instance", action="store_true", help="--preset custom: instance edges")
+    return p
 
+
+def load_generator(args):
+    """(generator, TrainConfig or None, Preset or None, calibration source name, reason if no data)."""
+    from export.exporter import ExportError, load_run, load_weights, run_training_config
+
+    arch = {"--preset": args.preset, "--norm": args.norm, "--param-free-norm": args.param_free_norm,
+            "--use-vae": args.use_vae, "--label-nc": args.label_nc,
+            "--contain-dontcare": args.contain_dontcare, "--use-instance": args.use_instance}
+    if args.run:
+        given = [k for k, v in arch.items() if v not in (None, False)]
+        if given:
+            raise ExportError(f"{', '.join(given)}: only with --weights (a run's config.json fixes "
+                              "the architecture)")
+        _, g, record = load_run(args.run)
+        data = run_training_config(record, args.calibration_dataroot)
+        return (g, *(data or (None, None)), "run data",
+                f"{args.run}/config.json records no training data (e.g. an imported checkpoint)")
+    if not args.preset:
+        raise ExportError("--weights needs --preset NAME (the preset the weights were trained with)")
+    _, g, train, preset = load_weights(
+        args.weights, args.preset, norm=args.norm or "clade", use_vae=args.use_vae,
+        param_free_norm=args.param_free_norm or "syncbatch", label_nc=args.label_nc,
+        contain_dontcare=args.contain_dontcare, use_instance=args.use_instance,
+        dataroot=args.calibration_dataroot)
+    if args.preset != "synthetic" and not args.calibration_dataroot:
+        return g, None, None, "", f"no --calibration-dataroot for the {args.preset} data"
+    return g, train, preset, f"{args.preset} data", ""
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from export.exporter import ExportError, calibration_inputs, check_formats, export
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     try:
-        _, g, _ = load_run(args.run)
-        report = export(g, args.out, [f.strip() for f in args.formats.split(",") if f.strip()],
-                        batch=args.batch, force=args.force)
+        if args.calibration_samples < 1:
+            raise ExportError(f"--calibration-samples {args.calibration_samples}: expected >= 1")
+        check_formats(formats)
+        g, train, preset, source_name, unavailable = load_generator(args)
+        calibration = source = None
+        if "tflite-int8" in formats:
+            calibration, source, reason = calibration_inputs(g.config, args.calibration_samples, train, preset,
+                                                             source_name, unavailable)
+            if reason:
+                print(f"notice: int8 calibration on {args.calibration_samples} blocky random label maps, not the "
+                      f"training data: {reason}")
+        report = export(g, args.out, formats, batch=args.batch, force=args.force,
+                        calibration=calibration, calibration_source=source)
     except (ExportError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name, r in report["formats"].items():
-        print(f"{name:<26} rel_l2 {r['rel_l2']:.2e}  PSNR {r['psnr_db']:6.1f} dB  {'ok' if r['ok'] else 'FAILED'}")
+        print(f"{name:<26} rel_l2 {r['rel_l2']:.2e}  PSNR {r['psnr_db']:6.1f} dB  vs {r['reference']:<11} "
+              f"saturated {r['saturated_fraction']:5.1%}  {'ok' if r['ok'] else 'FAILED'}")
+    if "calibration" in report:
+        print(f"int8 calibration: {report['calibration']}")
     print(f"wrote {args.out} (report.json)")
     return 0
 

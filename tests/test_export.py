@@ -1,5 +1,7 @@
-"""Export: every format verified against the Keras model, the input/output contract, atomic writes."""
+"""Export: every format verified against the Keras model (fp16/int8 against fp32 TFLite), the
+input/output contract, atomic writes, --weights + --preset, int8 calibration on the run's data."""
 
+import dataclasses
 import json
 import os
 
@@ -7,9 +9,30 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clade_tf import Generator, GeneratorConfig
+from clade_tf import Generator, GeneratorConfig, presets
 from export import exporter
 from export.__main__ import main as export_main
+
+TINY = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32, ngf=4)
+
+
+@pytest.fixture
+def tiny_synthetic(monkeypatch):
+    """The `synthetic` preset at 32x32, ngf 4 (the real one is 64x64, ngf 16)."""
+    monkeypatch.setitem(presets.PRESETS, "synthetic", TINY)
+    return TINY
+
+
+def trained_bn(cfg, seed=5):
+    """A generator whose BatchNorm statistics are not the initial ones and whose output spans
+    [-1, 1] (with the 0.02-gain initialisation |image| is ~1e-4, which int8 rounds to 0)."""
+    g = Generator(cfg)
+    x = {k: tf.constant(v) for k, v in exporter.example_inputs(cfg, 2, seed=seed)[0].items()}
+    g(x, training=True)
+    scale = 1.0 / float(np.std(g.features(x, training=False).numpy()))  # pre-tanh std 1
+    g.conv_img.kernel.assign(g.conv_img.kernel * scale)
+    g.conv_img.bias.assign(g.conv_img.bias * scale)
+    return g
 
 
 def make_run(tmp_path, **kw):
@@ -37,6 +60,12 @@ def test_export_all_formats_verified_with_one_contract(tmp_path, capsys):
         assert report["formats"][name]["ok"] and report["formats"][name]["rel_l2"] < 1e-4
     for name in ("model_fp16.tflite", "model_int8_dynamic.tflite", "model_int8.tflite"):
         assert np.isfinite(report["formats"][name]["rel_l2"]) and report["formats"][name]["psnr_db"] > 10
+    for name, entry in report["formats"].items():
+        assert entry["reference"] == ("keras" if name in ("saved_model", "model_fp32.tflite", "model.onnx")
+                                      else "tflite fp32")
+        assert 0 <= entry["saturated_fraction"] <= 1
+    assert report["calibration"] == "random blocky labels"  # the run records no training data
+    assert "notice: int8 calibration on 32 blocky random label maps" in capsys.readouterr().out
     assert report["contract"]["inputs"] == ["label", "instance", "dist"]
     # TFLite: builtin ops, named inputs, one image output
     from ai_edge_litert.interpreter import Interpreter
@@ -110,3 +139,188 @@ def test_infer_runs_every_format_and_rejects_bad_labels(tmp_path, capsys):
         assert infer_main(["--model", str(out / "model.onnx"), "--out", str(tmp_path / "x.png"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"error: {err[7:]}" and message in err, err
+
+
+def test_export_from_weights_and_preset(tiny_synthetic, tmp_path):
+    cfg = tiny_synthetic.generator_config("clade", param_free_norm="batch")
+    g = trained_bn(cfg)
+    weights = str(tmp_path / "G.weights.h5")
+    g.save_weights(weights)
+    out = tmp_path / "exp"
+    assert export_main(["--weights", weights, "--preset", "synthetic", "--param-free-norm", "batch",
+                        "--out", str(out), "--formats", "tflite"]) == 0
+    assert sorted(os.listdir(out)) == ["model_fp32.tflite", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["generator"] == cfg.to_dict() and report["formats"]["model_fp32.tflite"]["ok"]
+    # the exported model is the saved generator (not a freshly initialised one)
+    x = exporter.example_inputs(cfg, 2, seed=9)[0]
+    ref = g({k: tf.constant(v) for k, v in x.items()}, training=False).numpy()
+    err, _ = exporter.compare(exporter.run_tflite(str(out / "model_fp32.tflite"), x), ref)
+    assert err < 1e-4
+
+
+def test_weights_errors_are_one_line(tiny_synthetic, tmp_path, capsys):
+    g = trained_bn(tiny_synthetic.generator_config("clade"))  # param-free norm syncbatch
+    weights = str(tmp_path / "G.weights.h5")
+    g.save_weights(weights)
+    base = ["--weights", weights, "--preset", "synthetic", "--out", str(tmp_path / "e"), "--formats", "tflite"]
+    cases = [
+        (["--norm", "spade"], f"error: {weights} does not match preset synthetic / norm spade "
+                              "(param-free norm syncbatch): A total of"),
+        (["--norm", "clade-icpe"], f"error: {weights} does not match preset synthetic / norm clade-icpe"),
+        (["--use-vae"], f"error: {weights} does not match preset synthetic / norm clade (param-free norm "
+                        "syncbatch, VAE): A total of 1 objects could not be loaded; e.g. Layer 'fc'"),
+        # Keras loads this without complaint and drops the BatchNorm statistics
+        (["--param-free-norm", "instance"], f"error: {weights} does not match preset synthetic / norm clade "
+                                            "(param-free norm instance): the file holds"),
+    ]
+    for extra, message in cases:
+        assert export_main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith(message), err
+    missing = str(tmp_path / "nope.weights.h5")
+    assert export_main(["--weights", missing, "--preset", "synthetic", "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: weights file not found: {missing}"
+    assert export_main(["--weights", weights, "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --weights needs --preset NAME")
+    run, _ = make_run(tmp_path, norm_mode="clade")
+    assert export_main(["--run", run, "--norm", "spade", "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --norm: only with --weights")
+    assert not os.path.exists(tmp_path / "e")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--run", "r", "--weights", "w.weights.h5", "--preset", "synthetic"],
+     "error: argument --weights: not allowed with argument --run"),
+    (["--preset", "synthetic"], "error: one of the arguments --run --weights is required"),
+])
+def test_run_and_weights_are_mutually_exclusive(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        export_main([*args, "--out", str(tmp_path / "e")])
+    assert e.value.code == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and errors[0].endswith(message), errors
+
+
+def make_synthetic_run(tmp_path, norm="clade-icpe", **train):
+    """A run directory as `python -m train` writes it (tiny synthetic preset, no training)."""
+    from train.config import TrainConfig
+
+    tcfg = TrainConfig(dataset="synthetic", norm=norm, param_free_norm="batch", synthetic_length=16,
+                       seed=3, out=str(tmp_path / "run"), **train)
+    cfg = TINY.generator_config(norm, param_free_norm="batch")
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"preset": dataclasses.asdict(TINY), "generator": cfg.to_dict(),
+              "discriminator": TINY.discriminator_config().to_dict(), "train": tcfg.to_dict()}
+    (run / "config.json").write_text(json.dumps(record))
+    trained_bn(cfg).save_weights(str(run / "generator.weights.h5"))
+    return str(run), cfg, tcfg
+
+
+def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
+    from clade_tf.data import pipeline
+
+    run, cfg, tcfg = make_synthetic_run(tmp_path)
+    seen = []
+    convert = exporter._tflite_converter
+
+    def spy(fn, names, kind, calibration):
+        if kind == "tflite-int8":
+            seen.append((names, calibration))
+        return convert(fn, names, kind, calibration)
+
+    monkeypatch.setattr(exporter, "_tflite_converter", spy)
+    out = tmp_path / "exp"
+    assert export_main(["--run", run, "--out", str(out), "--formats", "tflite-int8",
+                        "--calibration-samples", "5"]) == 0
+    stdout = capsys.readouterr().out
+    assert "notice:" not in stdout and "int8 calibration: run data (5 samples)" in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"] == "run data (5 samples)"
+    assert report["formats"]["model_int8.tflite"]["ok"]
+    # the calibration inputs are the first 5 samples of the run's training stream
+    (names, [calib]), = seen
+    assert names == ["label", "instance", "dist"] and sorted(calib) == sorted(names)
+    source = pipeline.SyntheticSource(TINY.num_classes, 32, 32, tcfg.synthetic_length, tcfg.seed, use_dist=True)
+    ds = pipeline.make_dataset(source, 5, 32, 32, seed=tcfg.seed, shuffle=True, use_instance=True,
+                               use_dist=True, num_steps=1)
+    first = next(iter(ds))
+    for k in names:
+        np.testing.assert_array_equal(calib[k], first[k].numpy())
+    assert len(np.unique(calib["label"])) > 2  # real label maps, several classes
+
+
+def write_folder_dataset(root, n=3, classes=6, size=32):
+    """A `custom`-layout dataset (images/, labels/, instances/); returns its label maps."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels = []
+    for sub in ("images", "labels", "instances"):
+        os.makedirs(os.path.join(root, sub))
+    for i in range(n):
+        lab = np.kron(rng.integers(0, classes, (4, 4)), np.ones((size // 4, size // 4), np.int64)).astype(np.uint8)
+        Image.fromarray(lab).save(os.path.join(root, "labels", f"x{i}.png"))
+        Image.fromarray(lab).save(os.path.join(root, "instances", f"x{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (size, size, 3)).astype(np.uint8)).save(
+            os.path.join(root, "images", f"x{i}.png"))
+        labels.append(lab)
+    return labels
+
+
+def test_calibration_falls_back_to_random_labels_when_the_data_is_missing(tmp_path):
+    gone = str(tmp_path / "gone")
+    run, cfg, tcfg = make_synthetic_run(tmp_path, dataroot=gone, label_nc=6)
+    record = json.loads(open(os.path.join(run, "config.json")).read())
+    record["train"]["dataset"] = "custom"  # a folder dataset, whose folder is gone
+    train, preset = exporter.run_training_config(record)
+    inputs, source, reason = exporter.calibration_inputs(cfg, 4, train, preset)
+    assert source == "random blocky labels" and f"--dataroot {gone} does not exist" in reason
+    assert len(inputs) == 4 and all(d["label"].shape == (1, 32, 32) for d in inputs)
+    # --calibration-dataroot replaces the recorded folder
+    labels = write_folder_dataset(str(tmp_path / "moved"))
+    train, preset = exporter.run_training_config(record, dataroot=str(tmp_path / "moved"))
+    inputs, source, reason = exporter.calibration_inputs(cfg, 4, train, preset)
+    assert (source, reason) == ("run data (3 samples)", None)
+    [data] = inputs
+    assert sorted(data) == ["dist", "instance", "label"]
+    for lab in data["label"]:  # each one of the dataset's label maps (maybe flipped, as in training)
+        assert any(np.array_equal(lab, x) or np.array_equal(lab, x[:, ::-1]) for x in labels)
+    assert exporter.run_training_config({"generator": cfg.to_dict()}) is None  # imported run: no data
+
+
+def test_fp16_and_int8_are_measured_against_fp32_tflite(tmp_path, monkeypatch, capsys):
+    run, _, _ = make_synthetic_run(tmp_path, norm="clade")
+    outputs = {}
+    run_tflite = exporter.run_tflite
+
+    def spy(path, inputs):
+        out = run_tflite(path, inputs)
+        if os.path.basename(path) == exporter._REFERENCE_TFLITE:
+            out = -out  # a reference far from the Keras model (relative L2 ~2)
+        outputs[os.path.basename(path)] = out
+        return out
+
+    monkeypatch.setattr(exporter, "run_tflite", spy)
+    monkeypatch.setattr(exporter, "FP32_TOLERANCE", 3.0)  # let the flipped reference pass its own check
+    out = tmp_path / "exp"
+    assert export_main(["--run", run, "--out", str(out), "--formats", "tflite-fp16,tflite-int8"]) == 0
+    assert "notice:" not in capsys.readouterr().out
+    # the fp32 reference was converted and run, then removed
+    assert sorted(outputs) == sorted([exporter._REFERENCE_TFLITE, "model_fp16.tflite", "model_int8.tflite"])
+    assert sorted(os.listdir(out)) == ["model_fp16.tflite", "model_int8.tflite", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"] == "run data (16 samples)"  # all 16 of the run's synthetic data
+    _, g, _ = exporter.load_run(run)
+    check = exporter.example_inputs(g.config, 1, seed=1, n_batches=2)
+    keras_out = g({k: tf.constant(np.concatenate([d[k] for d in check])) for k in check[0]},
+                  training=False).numpy()
+    ref = outputs[exporter._REFERENCE_TFLITE]
+    for name in ("model_fp16.tflite", "model_int8.tflite"):
+        entry = report["formats"][name]
+        assert entry["reference"] == "tflite fp32" and entry["ok"]
+        err, psnr = exporter.compare(outputs[name], ref)
+        assert entry["rel_l2"] == pytest.approx(err) and entry["psnr_db"] == pytest.approx(psnr)
+        assert entry["rel_l2"] > 1.5 and exporter.compare(outputs[name], keras_out)[0] < 0.5  # not vs Keras
+        assert 0 < entry["saturated_fraction"] == pytest.approx(np.mean(np.abs(ref) > 0.99))
