@@ -4,10 +4,15 @@
         --formats tflite-fp32,tflite-int8-dynamic,onnx --threads 2 --repeats 10 [--json] [--plot FILE]
     python -m export.bench train --preset synthetic --modes clade,spade [--steps 20] [--json]
 
-`latency` (the default): for each norm mode, build the generator (random weights),
-export it with `python -m export`'s verified exporter, and time each format in a
-fresh subprocess (median over repeats after warm-up; the subprocess's peak resident
-memory is reported), with each mode's latency relative to `none`.
+`latency` (the default): for each norm mode, build the generator (random weights,
+BatchNorm statistics calibrated on one batch), export it with `python -m export`'s
+verified exporter, and time each format in fresh processes: `--rounds` processes per
+model, interleaved across modes so that load from other processes hits every mode
+alike, each timing `--repeats` calls after `--warmup`; the reported latency is the
+median over rounds of the per-process medians, with each mode's ratio to `none`.
+Every export and timing child runs under a memory guard (`--memory-limit-mb`,
+default 75 % of RAM): one that grows past it is killed and its row reports so.
+The peak resident memory of each timing process is reported per format.
 
 `train`: optimizer steps per second of the full GAN step (one generator and one
 discriminator update, no VGG) on this machine, for each norm mode in one process,
@@ -136,6 +141,7 @@ def time_model(path, fmt, inputs_npz, threads, repeats, warmup):
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
         f = tf.saved_model.load(path).signatures["serving_default"]
         feed = {k: tf.constant(v) for k, v in data.items()}
 
@@ -170,62 +176,148 @@ def calibrate_batch_norm(generator, inputs):
         bn.momentum = m
 
 
-def bench_latency(args):
+def memory_total_mb():
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("MemTotal")) / 1024
+
+
+def run_guarded(code, limit_mb, timeout=None):
+    """Runs `python -c code` in a child, sampling its resident memory every 20 ms and
+    killing it above `limit_mb` (so a model that needs more than the machine has fails
+    its own row instead of taking the machine down). Returns (returncode, stdout,
+    stderr, peak_mb, killed)."""
     import subprocess
     import tempfile
 
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, cwd=root, text=True)
+        peak, killed, t0 = 0.0, False, time.time()
+        while p.poll() is None:
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    rss = next((int(l.split()[1]) for l in f if l.startswith("VmRSS")), 0) / 1024
+            except OSError:
+                rss = 0.0
+            peak = max(peak, rss)
+            if rss > limit_mb or (timeout and time.time() - t0 > timeout):
+                killed = True
+                p.kill()
+                p.wait()
+                break
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return p.returncode, out.read(), err.read(), peak, killed
+
+
+def export_for_bench(preset_name, norm, formats, out_dir, inputs_npz):
+    """Child-process job: random-weight generator (BatchNorm calibrated), exported and
+    verified by `python -m export`'s exporter; writes the timing inputs. Prints JSON."""
+    import keras
     import numpy as np
 
     from clade_tf import Generator
     from clade_tf.presets import get_preset
     from clade_tf.profiling import generator_profile
-    from export.exporter import FORMATS, example_inputs, export
+    from export.exporter import example_inputs, export
 
-    preset = get_preset(args.preset)
+    keras.utils.set_random_seed(0)
+    cfg = get_preset(preset_name).generator_config(norm)
+    prof = generator_profile(cfg)
+    g = Generator(cfg)
+    g.build()
+    calibrate_batch_norm(g, example_inputs(cfg, 2, seed=4)[0])
+    export(g, out_dir, [BENCH_FORMATS[f] for f in formats], batch=1)
+    np.savez(inputs_npz, **example_inputs(cfg, 1, seed=3)[0])
+    return {"params": prof["params"], "macs": prof["macs"]}
+
+
+def _last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _failure(rc, stderr, peak, killed, limit_mb):
+    if killed:
+        return f"killed: resident memory above {limit_mb:.0f} MB (or timeout); peak seen {peak:.0f} MB"
+    lines = [l for l in stderr.strip().splitlines() if l.strip()]
+    return (lines[-1] if lines else f"exit code {rc}")[:200]
+
+
+def bench_latency(args):
+    import shutil
+    import statistics
+    import tempfile
+
+    from export.exporter import FORMATS
+
     norms = args.norm.split(",")
     formats = args.formats.split(",")
     unknown = [f for f in formats if f not in BENCH_FORMATS]
     if unknown:
         raise SystemExit(f"error: unknown format(s) {unknown}; expected some of {', '.join(BENCH_FORMATS)}")
-    results = []
-    for norm in norms:
-        import keras
-
-        keras.utils.set_random_seed(0)
-        cfg = preset.generator_config(norm)
-        prof = generator_profile(cfg)
-        g = Generator(cfg)
-        g.build()
-        calibrate_batch_norm(g, example_inputs(cfg, 2, seed=4)[0])
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "exp")
-            export(g, out, [BENCH_FORMATS[f] for f in formats], batch=1)
-            inputs = example_inputs(cfg, 1, seed=3)[0]
-            npz = os.path.join(tmp, "inputs.npz")
-            np.savez(npz, **inputs)
+    limit = args.memory_limit_mb or 0.75 * memory_total_mb()
+    tmp = tempfile.mkdtemp(prefix="clade-bench-")
+    rows = {}
+    try:
+        # 1. export every mode (each in a guarded child: conversion and verification memory
+        #    is released between modes, and an out-of-memory mode fails alone)
+        for norm in norms:
+            out, npz = os.path.join(tmp, norm), os.path.join(tmp, f"{norm}.npz")
+            code = ("import json; from export.bench import export_for_bench; "
+                    f"print(json.dumps(export_for_bench({args.preset!r}, {norm!r}, {formats!r}, "
+                    f"{out!r}, {npz!r})))")
+            rc, so, se, peak, killed = run_guarded(code, limit)
+            info = _last_json(so) if rc == 0 and not killed else None
+            print(f"[{norm}] exported (peak {peak:.0f} MB)" if info else
+                  f"[{norm}] export failed: {_failure(rc, se, peak, killed, limit)}", file=sys.stderr)
             for fmt in formats:
-                path = os.path.join(out, FORMATS[BENCH_FORMATS[fmt]])
-                size = (os.path.getsize(path) if os.path.isfile(path) else
-                        sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs))
-                code = ("import json, sys; from export.bench import time_model; "
-                        f"print(json.dumps(time_model({path!r}, {fmt!r}, {npz!r}, {args.threads}, "
-                        f"{args.repeats}, {args.warmup})))")
-                res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-                row = {"norm": norm, "format": fmt, "params": prof["params"], "macs": prof["macs"],
-                       "size_bytes": size}
-                if res.returncode == 0:
-                    row.update(json.loads(res.stdout.strip().splitlines()[-1]))
+                row = {"norm": norm, "format": fmt, "params": None, "macs": None, "size_bytes": None,
+                       "median_ms": None, "peak_rss_mb": None, "export_peak_rss_mb": peak,
+                       "round_ms": []}
+                if info is None:
+                    row["error"] = "export: " + _failure(rc, se, peak, killed, limit)
                 else:
-                    row.update(median_ms=None, peak_rss_mb=None,
-                               error=(res.stderr.strip().splitlines() or ["killed"])[-1][:200])
-                print(f"[{norm} {fmt}] {row.get('median_ms')} ms", file=sys.stderr)
-                results.append(row)
+                    path = os.path.join(out, FORMATS[BENCH_FORMATS[fmt]])
+                    size = (os.path.getsize(path) if os.path.isfile(path) else
+                            sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs))
+                    row.update(params=info["params"], macs=info["macs"], size_bytes=size, path=path, npz=npz)
+                rows[(norm, fmt)] = row
+        # 2. time: rounds interleave the modes, so load from other processes hits them alike
+        for rnd in range(args.rounds):
+            for fmt in formats:
+                for norm in norms:
+                    row = rows[(norm, fmt)]
+                    if "error" in row:
+                        continue
+                    code = ("import json; from export.bench import time_model; "
+                            f"print(json.dumps(time_model({row['path']!r}, {fmt!r}, {row['npz']!r}, "
+                            f"{args.threads}, {args.repeats}, {args.warmup})))")
+                    rc, so, se, peak, killed = run_guarded(code, limit)
+                    if rc != 0 or killed:
+                        row["error"] = _failure(rc, se, peak, killed, limit)
+                        row["peak_rss_mb"] = peak
+                        continue
+                    r = _last_json(so)
+                    row["round_ms"].append(r["median_ms"])
+                    row["peak_rss_mb"] = max(row["peak_rss_mb"] or 0.0, r["peak_rss_mb"])
+                    print(f"[round {rnd + 1}/{args.rounds} {norm} {fmt}] {r['median_ms']:.1f} ms, "
+                          f"peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results = []
+    for row in rows.values():
+        row.pop("path", None)
+        row.pop("npz", None)
+        if row["round_ms"] and "error" not in row:
+            row["median_ms"] = statistics.median(row["round_ms"])
+        results.append(row)
     base = {r["format"]: r["median_ms"] for r in results if r["norm"] == "none" and r["median_ms"]}
     for r in results:
         r["ratio_to_none"] = (r["median_ms"] / base[r["format"]]
                               if r["median_ms"] and r["format"] in base else None)
     return {"preset": args.preset, "threads": args.threads, "repeats": args.repeats,
+            "rounds": args.rounds, "memory_limit_mb": round(limit),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "results": results}
 
 
@@ -278,8 +370,12 @@ def main(argv=None):
     lat.add_argument("--formats", default="tflite-fp32,tflite-int8-dynamic,onnx",
                      help="comma-separated: " + ", ".join(BENCH_FORMATS))
     lat.add_argument("--threads", type=int, default=2)
-    lat.add_argument("--repeats", type=int, default=10)
+    lat.add_argument("--repeats", type=int, default=5, help="timed calls per process")
     lat.add_argument("--warmup", type=int, default=2)
+    lat.add_argument("--rounds", type=int, default=3,
+                     help="fresh-process timings per model, interleaved across modes; the median is reported")
+    lat.add_argument("--memory-limit-mb", type=float,
+                     help="kill a child (export or timing) above this resident memory (default: 75%% of RAM)")
     lat.add_argument("--json", action="store_true")
     lat.add_argument("--plot", metavar="FILE", help="bar chart PNG of latency per mode and format")
     t = sub.add_parser("train", help="training steps per second")
@@ -303,6 +399,8 @@ def main(argv=None):
                   f"{'x none':>7} {'peak MB':>8}")
             for r in result["results"]:
                 ms = f"{r['median_ms']:.1f}" if r["median_ms"] else "failed"
+                if r.get("error"):
+                    print(f"  ({r['norm']} {r['format']}: {r['error']})", file=sys.stderr)
                 ratio = f"{r['ratio_to_none']:.2f}" if r.get("ratio_to_none") else "-"
                 peak = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
                 print(f"{r['norm']:<11} {r['format']:<20} {r['params']:>12,} {r['macs']:>16,} "

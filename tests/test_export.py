@@ -324,3 +324,13 @@ def test_fp16_and_int8_are_measured_against_fp32_tflite(tmp_path, monkeypatch, c
         assert entry["rel_l2"] == pytest.approx(err) and entry["psnr_db"] == pytest.approx(psnr)
         assert entry["rel_l2"] > 1.5 and exporter.compare(outputs[name], keras_out)[0] < 0.5  # not vs Keras
         assert 0 < entry["saturated_fraction"] == pytest.approx(np.mean(np.abs(ref) > 0.99))
+
+
+def test_benchmark_memory_guard_kills_a_child_that_outgrows_the_limit():
+    from export.bench import run_guarded
+
+    grow = "import time\nblocks = []\nfor _ in range(40):\n    blocks.append(bytearray(20 * 2**20))\n    time.sleep(0.02)\n"
+    rc, _, _, peak, killed = run_guarded(grow + "print('survived')", limit_mb=200)
+    assert killed and rc != 0 and 150 < peak < 400
+    rc, out, _, peak, killed = run_guarded("print('small')", limit_mb=200)
+    assert not killed and rc == 0 and out.strip() == "small"
