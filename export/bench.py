@@ -321,6 +321,177 @@ def bench_latency(args):
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "results": results}
 
 
+# -- per-op profiles ----------------------------------------------------------------------
+# perf symbols of the LiteRT/XNNPACK kernels -> the TFLite op they implement
+TFLITE_KERNELS = (
+    ("igemm", "CONV_2D"), ("gemm", "CONV_2D"), ("conv", "CONV_2D"), ("vmul", "MUL"), ("vadd", "ADD"),
+    ("vlrelu", "LEAKY_RELU"), ("tanh", "TANH"), ("gather", "GATHER"), ("memmove", "GATHER/copy (memcpy)"),
+    ("memcpy", "GATHER/copy (memcpy)"), ("resize", "RESIZE_NEAREST"), ("one_hot", "ONE_HOT"),
+    ("pack", "weight packing"), ("quantize", "QUANTIZE"), ("dequantize", "DEQUANTIZE"),
+)
+
+
+def ort_op_profile(path, inputs_npz, threads, repeats, warmup):
+    """Child-process job: onnxruntime's profiler, kernel ms per op type per run (timed runs only)."""
+    import collections
+
+    import numpy as np
+    import onnxruntime as ort
+
+    data = dict(np.load(inputs_npz))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(os.path.dirname(path), "ort_profile")
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feed = {x.name: data[x.name] for x in sess.get_inputs()}
+    times = []
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        sess.run(["image"], feed)
+        times.append((time.perf_counter() - t) * 1000)
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[warmup:]
+    per_op, count = collections.defaultdict(float), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and any(
+                a <= e["ts"] <= b for a, b in runs):
+            per_op[e["args"]["op_name"]] += e["dur"] / 1000 / len(runs)
+            count[e["args"]["op_name"]] += 1
+    return {"median_ms": sorted(times[warmup:])[repeats // 2],
+            "ops": {k: {"ms": v, "nodes": count[k] // len(runs)} for k, v in per_op.items()}}
+
+
+def tflite_invoke_loop(path, inputs_npz, threads, repeats, warmup):
+    """Child-process job: warm up, print READY, wait for a line on stdin, then time the calls."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = dict(np.load(inputs_npz))
+    it = Interpreter(model_path=path, num_threads=threads)
+    it.allocate_tensors()
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], data[d["name"]].astype(d["dtype"]))
+    for _ in range(warmup):
+        it.invoke()
+    print("READY", flush=True)
+    sys.stdin.readline()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        it.invoke()
+        times.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": sorted(times)[repeats // 2]}
+
+
+def tflite_op_profile(path, inputs_npz, threads, repeats, warmup):
+    """Samples the LiteRT process with `perf` (attached after warm-up, so loading and
+    weight packing are excluded) and maps kernel symbols to TFLite ops. LiteRT's own
+    op profiler is the C++ benchmark_model tool, which the ai-edge-litert wheel does
+    not ship; XNNPACK's kernels are named by op, so the symbol profile is per op."""
+    import collections
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("perf") is None:
+        return {"error": "perf is not installed; no TFLite per-op profile"}
+    code = ("import json; from export.bench import tflite_invoke_loop; "
+            f"print(json.dumps(tflite_invoke_loop({path!r}, {inputs_npz!r}, {threads}, {repeats}, {warmup})))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "perf.data")
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, cwd=root)
+        if child.stdout.readline().strip() != "READY":
+            child.kill()
+            return {"error": "the TFLite child failed before profiling"}
+        perf = subprocess.Popen(["perf", "record", "-F", "999", "-p", str(child.pid), "-o", data],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # let perf attach
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        out = child.stdout.read()
+        child.wait()
+        perf.wait(timeout=60)
+        rep = subprocess.run(["perf", "report", "-i", data, "--sort", "symbol", "--stdio"],
+                             capture_output=True, text=True).stdout
+    shares = collections.defaultdict(float)
+    for line in rep.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith("%") and parts[1] in ("[.]", "[k]"):
+            sym = parts[2].lower()
+            op = "kernel (page faults, scheduling)" if parts[1] == "[k]" else next(
+                (op for key, op in TFLITE_KERNELS if key in sym), "other")
+            shares[op] += float(parts[0][:-1])
+    return {"median_ms": json.loads(out.strip().splitlines()[-1])["median_ms"],
+            "cpu_share_pct": dict(shares)}
+
+
+def bench_ops(args):
+    """Per-op profiles of the exported tflite-fp32 (perf) and onnx (onnxruntime profiler)."""
+    import shutil
+    import tempfile
+
+    norms = args.norm.split(",")
+    limit = 0.75 * memory_total_mb()
+    tmp = tempfile.mkdtemp(prefix="clade-ops-")
+    result = {"preset": args.preset, "threads": args.threads, "repeats": args.repeats, "modes": {}}
+    try:
+        for norm in norms:
+            out, npz = os.path.join(tmp, norm), os.path.join(tmp, f"{norm}.npz")
+            code = ("import json; from export.bench import export_for_bench; "
+                    f"print(json.dumps(export_for_bench({args.preset!r}, {norm!r}, ['tflite-fp32', 'onnx'], "
+                    f"{out!r}, {npz!r})))")
+            rc, so, se, peak, killed = run_guarded(code, limit)
+            if rc != 0 or killed:
+                result["modes"][norm] = {"error": _failure(rc, se, peak, killed, limit)}
+                continue
+            code = ("import json; from export.bench import ort_op_profile; "
+                    f"print(json.dumps(ort_op_profile({os.path.join(out, 'model.onnx')!r}, {npz!r}, "
+                    f"{args.threads}, {args.repeats}, {args.warmup})))")
+            rc, so, se, peak, killed = run_guarded(code, limit)
+            onnx = _last_json(so) if rc == 0 and not killed else {"error": _failure(rc, se, peak, killed, limit)}
+            tfl = tflite_op_profile(os.path.join(out, "model_fp32.tflite"), npz, args.threads, args.repeats,
+                                    args.warmup)
+            result["modes"][norm] = {"onnx": onnx, "tflite-fp32": tfl}
+            print(f"[{norm}] profiled", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def print_ops(result):
+    modes = result["modes"]
+    print(f"per-op profile, preset {result['preset']}, {result['threads']} threads")
+    for fmt, key in (("onnx", "ops"), ("tflite-fp32", "cpu_share_pct")):
+        print(f"\n{fmt}: kernel ms per run (onnxruntime profiler)" if fmt == "onnx" else
+              f"\n{fmt}: share of the process's CPU time during the timed invokes, % (perf)")
+        ok = {m: r[fmt] for m, r in modes.items() if fmt in r and "error" not in r[fmt]}
+        for m, r in modes.items():
+            if fmt in r and "error" in r[fmt]:
+                print(f"  {m}: {r[fmt]['error']}")
+        if not ok:
+            continue
+        print(f"  {'op':<34}" + "".join(f"{m:>14}" for m in ok))
+        print(f"  {'median ms / run':<34}" + "".join(f"{r['median_ms']:>14.1f}" for r in ok.values()))
+        ops = sorted({o for r in ok.values() for o in r[key]},
+                     key=lambda o: -max(_op_value(r[key].get(o)) for r in ok.values()))
+        for o in ops:
+            vals = [_op_value(r[key].get(o)) for r in ok.values()]
+            if max(vals) < 0.05:
+                continue
+            print(f"  {o:<34}" + "".join(f"{v:>14.2f}" for v in vals))
+
+
+def _op_value(v):
+    if v is None:
+        return 0.0
+    return v["ms"] if isinstance(v, dict) else v
+
+
 def plot_latency(result, path):
     from PIL import Image, ImageDraw
 
@@ -359,7 +530,7 @@ def plot_latency(result, path):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "latency", "-h", "--help"):
+    if not argv or argv[0] not in ("train", "latency", "ops", "-h", "--help"):
         argv = ["latency"] + argv
     p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,6 +549,13 @@ def main(argv=None):
                      help="kill a child (export or timing) above this resident memory (default: 75%% of RAM)")
     lat.add_argument("--json", action="store_true")
     lat.add_argument("--plot", metavar="FILE", help="bar chart PNG of latency per mode and format")
+    ops = sub.add_parser("ops", help="per-op profiles of tflite-fp32 (perf) and onnx (onnxruntime profiler)")
+    ops.add_argument("--preset", default="ade20k")
+    ops.add_argument("--norm", default="none,clade", help="comma-separated norm modes")
+    ops.add_argument("--threads", type=int, default=2)
+    ops.add_argument("--repeats", type=int, default=5)
+    ops.add_argument("--warmup", type=int, default=2)
+    ops.add_argument("--json", action="store_true")
     t = sub.add_parser("train", help="training steps per second")
     t.add_argument("--preset", default="synthetic")
     t.add_argument("--modes", default="clade,spade", help="comma-separated norm modes")
@@ -387,6 +565,12 @@ def main(argv=None):
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.what == "ops":
+        result = bench_ops(args)
+        print(json.dumps(result) if args.json else "", end="\n" if args.json else "")
+        if not args.json:
+            print_ops(result)
+        return 0
     if args.what == "latency":
         result = bench_latency(args)
         if args.plot:
