@@ -1,0 +1,212 @@
+"""Lookup variants tried for the exported CLADE layer (the record is export/BENCHMARKS.md).
+
+    python -m export.variants --preset ade20k --variants base,fused,shared,betas \
+        --formats tflite-fp32,onnx --threads 2 --rounds 5 [--json]
+
+Builds the random-weight CLADE generator of the preset (BatchNorm calibrated, as
+`export.bench`) and the `none` backbone, folds them for inference, and for each
+variant of how the folded CLADE layers compute `x * gamma[label] + beta[label]`
+converts TFLite fp32 and ONNX, checks them against the Keras model (relative L2
+<= 1e-4, else the variant is reported as wrong), then times every model in fresh
+processes, rounds interleaved across variants, with the ratio to `none`:
+
+- `base`: what `python -m export` ships: per layer two `tf.gather`s (gamma, beta
+  tables `[K, C]`) on the label map at the layer's resolution, one multiply, one add.
+- `fused`: one `[K, 2C]` table per layer, one gather, split into gamma and beta.
+- `shared`: one gather per resolution of all tables of the layers at that
+  resolution (`[K, sum 2C]`), split per layer.
+- `betas`: in blocks with a learned shortcut, beta of `norm_s` pushed through the
+  1x1 `conv_s` (no activation between them): `conv_s(x * gamma_s[l]) + (beta_s W_s)[l]`,
+  which gathers `fout` instead of `fin` channels for that term.
+
+The variants are swapped in by overriding methods on the folded model's layers only
+while tracing; nothing here changes the library.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+VARIANTS = ("base", "fused", "shared", "betas")
+
+
+def _trace(folded, variant):
+    """A serving function of `folded` with the CLADE lookup computed as `variant`."""
+    import types
+
+    import tensorflow as tf
+
+    from clade_tf.layers import resblock
+    from clade_tf.layers.normalization import ClassAdaptiveNorm
+    from export.exporter import serving_function
+
+    norms = [l for l in folded._flatten_layers() if isinstance(l, ClassAdaptiveNorm)]
+    if variant == "fused":
+        def modulation(self, label, dist=None, dtype="float32"):
+            table = tf.concat([self.gamma, self.beta], axis=1)
+            return tuple(tf.split(tf.gather(table, label), 2, axis=-1))
+
+        for n in norms:
+            n.modulation = types.MethodType(modulation, n)
+    elif variant == "shared":
+        def modulation(self, label, dist=None, dtype="float32"):
+            return self._shared
+
+        for n in norms:
+            n.modulation = types.MethodType(modulation, n)
+        features = folded.features
+
+        def shared_features(inputs, training=None):
+            levels = folded.pyramid(inputs)
+            by_stride = {}
+            for blk, s in folded.block_strides():
+                by_stride.setdefault(s, []).extend(blk.norm_layers())
+            for s, group in by_stride.items():
+                tables = [t for n in group for t in (n.gamma, n.beta)]
+                parts = tf.split(tf.gather(tf.concat(tables, axis=1), levels[s]["label"]),
+                                 [int(t.shape[1]) for t in tables], axis=-1)
+                for i, n in enumerate(group):
+                    n._shared = (parts[2 * i], parts[2 * i + 1])
+            return features(inputs, training=training)
+
+        folded.features = shared_features
+    elif variant == "betas":
+        if folded.config.use_instance:
+            raise SystemExit("error: the betas variant is written for presets without instance edges")
+        for blk in folded.blocks:
+            if not blk.learned_shortcut:
+                continue
+
+            def call(self, x, cond, training=None):
+                lab = cond["label"]
+                b_s = tf.matmul(self.norm_s.beta, self.conv_s.kernel[0, 0])  # constant-folded
+                x_s = self.conv_s(x * tf.gather(self.norm_s.gamma, lab)) + tf.gather(b_s, lab)
+                dx = self.conv_0(tf.nn.leaky_relu(resblock.apply_norm(self.norm_0, x, cond, training), 0.2))
+                dx = self.conv_1(tf.nn.leaky_relu(resblock.apply_norm(self.norm_1, dx, cond, training), 0.2))
+                return x_s + dx
+
+            blk.call = types.MethodType(call, blk)
+    elif variant != "base":
+        raise SystemExit(f"error: unknown variant {variant!r}; expected some of {', '.join(VARIANTS)}")
+    fn, names = serving_function(folded, 1)
+    fn.get_concrete_function()  # trace now, while the overrides are in place
+    return fn, names
+
+
+def build_variant(preset_name, variant, formats, out_dir):
+    """Child-process job: writes the variant's models and inputs, returns their errors."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from clade_tf import Generator
+    from clade_tf.inference import fold_for_inference
+    from clade_tf.presets import get_preset
+    from export.bench import calibrate_batch_norm
+    from export.exporter import (FP32_TOLERANCE, _tflite_converter, compare, example_inputs,
+                                 lean_tf2onnx, run_onnx, run_tflite)
+
+    keras.utils.set_random_seed(0)
+    cfg = get_preset(preset_name).generator_config("none" if variant == "none" else "clade")
+    g = Generator(cfg)
+    g.build()
+    calibrate_batch_norm(g, example_inputs(cfg, 2, seed=4)[0])
+    inputs = example_inputs(cfg, 1, seed=3)[0]
+    reference = g({k: tf.constant(v) for k, v in inputs.items()}, training=False).numpy()
+    fn, names = _trace(fold_for_inference(g), "base" if variant == "none" else variant)
+    os.makedirs(out_dir, exist_ok=True)
+    np.savez(os.path.join(out_dir, "inputs.npz"), **inputs)
+    errors = {}
+    for fmt in formats:
+        if fmt == "tflite-fp32":
+            path = os.path.join(out_dir, "model_fp32.tflite")
+            with open(path, "wb") as f:
+                f.write(_tflite_converter(fn, names, "tflite", None))
+            out = run_tflite(path, inputs)
+        else:
+            import tf2onnx
+
+            path = os.path.join(out_dir, "model.onnx")
+            with lean_tf2onnx():
+                model, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17)
+            with open(path, "wb") as f:
+                f.write(model.SerializeToString())
+            out = run_onnx(path, inputs)
+        errors[fmt] = compare(out, reference)[0]
+        if errors[fmt] > FP32_TOLERANCE:
+            raise SystemExit(f"{variant} {fmt}: relative L2 {errors[fmt]:.2e} vs Keras")
+    return errors
+
+
+def main(argv=None):
+    import shutil
+    import statistics
+    import tempfile
+
+    from export.bench import _failure, _last_json, memory_total_mb, run_guarded
+
+    p = argparse.ArgumentParser(prog="python -m export.variants", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="ade20k")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--formats", default="tflite-fp32,onnx", help="tflite-fp32 and/or onnx")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    variants = ["none"] + [v for v in args.variants.split(",") if v != "none"]
+    formats = args.formats.split(",")
+    limit = 0.75 * memory_total_mb()
+    tmp = tempfile.mkdtemp(prefix="clade-variants-")
+    names = {"tflite-fp32": "model_fp32.tflite", "onnx": "model.onnx"}
+    result = {"preset": args.preset, "threads": args.threads, "rounds": args.rounds, "variants": {}}
+    try:
+        for v in variants:
+            out = os.path.join(tmp, v)
+            rc, so, se, peak, killed = run_guarded(
+                "import json; from export.variants import build_variant; "
+                f"print(json.dumps(build_variant({args.preset!r}, {v!r}, {formats!r}, {out!r})))", limit)
+            if rc != 0 or killed:
+                raise SystemExit(f"error: variant {v}: {_failure(rc, se, peak, killed, limit)}")
+            result["variants"][v] = {f: {"rel_l2": e, "round_ms": []} for f, e in _last_json(so).items()}
+            print(f"[{v}] built", file=sys.stderr)
+        for _ in range(args.rounds):
+            for fmt in formats:
+                for v in variants:
+                    path = os.path.join(tmp, v, names[fmt])
+                    npz = os.path.join(tmp, v, "inputs.npz")
+                    rc, so, se, peak, killed = run_guarded(
+                        "import json; from export.bench import time_model; "
+                        f"print(json.dumps(time_model({path!r}, {fmt!r}, {npz!r}, {args.threads}, "
+                        f"{args.repeats}, {args.warmup})))", limit)
+                    if rc != 0 or killed:
+                        raise SystemExit(f"error: timing {v} {fmt}: {_failure(rc, se, peak, killed, limit)}")
+                    result["variants"][v][fmt]["round_ms"].append(_last_json(so)["median_ms"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for fmt in formats:
+        base = statistics.median(result["variants"]["none"][fmt]["round_ms"])
+        for v in variants:
+            r = result["variants"][v][fmt]
+            r["median_ms"] = statistics.median(r["round_ms"])
+            r["ratio_to_none"] = r["median_ms"] / base
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"CLADE lookup variants, preset {args.preset}, {args.threads} threads, "
+              f"median of {args.rounds} interleaved rounds")
+        for fmt in formats:
+            for v in variants:
+                r = result["variants"][v][fmt]
+                print(f"  {fmt:<12} {v:<7} {r['median_ms']:8.1f} ms  x{r['ratio_to_none']:.3f}  "
+                      f"rel_l2 {r['rel_l2']:.1e}  rounds {' '.join(f'{x:.0f}' for x in r['round_ms'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
