@@ -182,7 +182,7 @@ def memory_total_mb():
 
 
 def run_guarded(code, limit_mb, timeout=None):
-    """Runs `python -c code` in a child, sampling its resident memory every 20 ms and
+    """Runs `python -c code` in a child, sampling its resident memory every 100 ms and
     killing it above `limit_mb` (so a model that needs more than the machine has fails
     its own row instead of taking the machine down). Returns (returncode, stdout,
     stderr, peak_mb, killed)."""
@@ -205,7 +205,7 @@ def run_guarded(code, limit_mb, timeout=None):
                 p.kill()
                 p.wait()
                 break
-            time.sleep(0.02)
+            time.sleep(0.1)
         out.seek(0)
         err.seek(0)
         return p.returncode, out.read(), err.read(), peak, killed
