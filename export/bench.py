@@ -181,7 +181,7 @@ def memory_total_mb():
         return next(int(line.split()[1]) for line in f if line.startswith("MemTotal")) / 1024
 
 
-def run_guarded(code, limit_mb, timeout=None):
+def run_guarded(code, limit_mb):
     """Runs `python -c code` in a child, sampling its resident memory every 100 ms and
     killing it above `limit_mb` (so a model that needs more than the machine has fails
     its own row instead of taking the machine down). Returns (returncode, stdout,
@@ -192,7 +192,7 @@ def run_guarded(code, limit_mb, timeout=None):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, cwd=root, text=True)
-        peak, killed, t0 = 0.0, False, time.time()
+        peak, killed = 0.0, False
         while p.poll() is None:
             try:
                 with open(f"/proc/{p.pid}/status") as f:
@@ -200,7 +200,7 @@ def run_guarded(code, limit_mb, timeout=None):
             except OSError:
                 rss = 0.0
             peak = max(peak, rss)
-            if rss > limit_mb or (timeout and time.time() - t0 > timeout):
+            if rss > limit_mb:
                 killed = True
                 p.kill()
                 p.wait()
@@ -239,9 +239,19 @@ def _last_json(stdout):
 
 def _failure(rc, stderr, peak, killed, limit_mb):
     if killed:
-        return f"killed: resident memory above {limit_mb:.0f} MB (or timeout); peak seen {peak:.0f} MB"
+        return f"killed: resident memory above {limit_mb:.0f} MB; peak seen {peak:.0f} MB"
     lines = [l for l in stderr.strip().splitlines() if l.strip()]
     return (lines[-1] if lines else f"exit code {rc}")[:200]
+
+
+def call_guarded(module, func, args, limit_mb):
+    """`module.func(*args)` in a guarded child (`run_guarded`); its JSON-able result is
+    returned as `(result, None, peak_mb)`, a failure as `(None, one-line reason, peak_mb)`."""
+    code = f"import json; from {module} import {func}; print(json.dumps({func}(*{tuple(args)!r})))"
+    rc, out, err, peak, killed = run_guarded(code, limit_mb)
+    if rc != 0 or killed:
+        return None, _failure(rc, err, peak, killed, limit_mb), peak
+    return _last_json(out), None, peak
 
 
 def bench_latency(args):
@@ -264,19 +274,16 @@ def bench_latency(args):
         #    is released between modes, and an out-of-memory mode fails alone)
         for norm in norms:
             out, npz = os.path.join(tmp, norm), os.path.join(tmp, f"{norm}.npz")
-            code = ("import json; from export.bench import export_for_bench; "
-                    f"print(json.dumps(export_for_bench({args.preset!r}, {norm!r}, {formats!r}, "
-                    f"{out!r}, {npz!r})))")
-            rc, so, se, peak, killed = run_guarded(code, limit)
-            info = _last_json(so) if rc == 0 and not killed else None
+            info, error, peak = call_guarded("export.bench", "export_for_bench",
+                                             (args.preset, norm, formats, out, npz), limit)
             print(f"[{norm}] exported (peak {peak:.0f} MB)" if info else
-                  f"[{norm}] export failed: {_failure(rc, se, peak, killed, limit)}", file=sys.stderr)
+                  f"[{norm}] export failed: {error}", file=sys.stderr)
             for fmt in formats:
                 row = {"norm": norm, "format": fmt, "params": None, "macs": None, "size_bytes": None,
                        "median_ms": None, "peak_rss_mb": None, "export_peak_rss_mb": peak,
                        "round_ms": []}
                 if info is None:
-                    row["error"] = "export: " + _failure(rc, se, peak, killed, limit)
+                    row["error"] = "export: " + error
                 else:
                     path = os.path.join(out, FORMATS[BENCH_FORMATS[fmt]])
                     size = (os.path.getsize(path) if os.path.isfile(path) else
@@ -290,15 +297,13 @@ def bench_latency(args):
                     row = rows[(norm, fmt)]
                     if "error" in row:
                         continue
-                    code = ("import json; from export.bench import time_model; "
-                            f"print(json.dumps(time_model({row['path']!r}, {fmt!r}, {row['npz']!r}, "
-                            f"{args.threads}, {args.repeats}, {args.warmup})))")
-                    rc, so, se, peak, killed = run_guarded(code, limit)
-                    if rc != 0 or killed:
-                        row["error"] = _failure(rc, se, peak, killed, limit)
+                    r, error, peak = call_guarded(
+                        "export.bench", "time_model",
+                        (row["path"], fmt, row["npz"], args.threads, args.repeats, args.warmup), limit)
+                    if error:
+                        row["error"] = error
                         row["peak_rss_mb"] = peak
                         continue
-                    r = _last_json(so)
                     row["round_ms"].append(r["median_ms"])
                     row["peak_rss_mb"] = max(row["peak_rss_mb"] or 0.0, r["peak_rss_mb"])
                     print(f"[round {rnd + 1}/{args.rounds} {norm} {fmt}] {r['median_ms']:.1f} ms, "
@@ -442,18 +447,15 @@ def bench_ops(args):
     try:
         for norm in norms:
             out, npz = os.path.join(tmp, norm), os.path.join(tmp, f"{norm}.npz")
-            code = ("import json; from export.bench import export_for_bench; "
-                    f"print(json.dumps(export_for_bench({args.preset!r}, {norm!r}, ['tflite-fp32', 'onnx'], "
-                    f"{out!r}, {npz!r})))")
-            rc, so, se, peak, killed = run_guarded(code, limit)
-            if rc != 0 or killed:
-                result["modes"][norm] = {"error": _failure(rc, se, peak, killed, limit)}
+            _, error, _ = call_guarded("export.bench", "export_for_bench",
+                                       (args.preset, norm, ["tflite-fp32", "onnx"], out, npz), limit)
+            if error:
+                result["modes"][norm] = {"error": error}
                 continue
-            code = ("import json; from export.bench import ort_op_profile; "
-                    f"print(json.dumps(ort_op_profile({os.path.join(out, 'model.onnx')!r}, {npz!r}, "
-                    f"{args.threads}, {args.repeats}, {args.warmup})))")
-            rc, so, se, peak, killed = run_guarded(code, limit)
-            onnx = _last_json(so) if rc == 0 and not killed else {"error": _failure(rc, se, peak, killed, limit)}
+            onnx, error, _ = call_guarded("export.bench", "ort_op_profile",
+                                          (os.path.join(out, "model.onnx"), npz, args.threads, args.repeats,
+                                           args.warmup), limit)
+            onnx = onnx or {"error": error}
             tfl = tflite_op_profile(os.path.join(out, "model_fp32.tflite"), npz, args.threads, args.repeats,
                                     args.warmup)
             result["modes"][norm] = {"onnx": onnx, "tflite-fp32": tfl}
@@ -580,15 +582,20 @@ def main(argv=None):
         else:
             print(f"latency, preset {result['preset']}, {result['threads']} threads, {result['machine']}")
             print(f"{'norm':<11} {'format':<20} {'params':>12} {'MACs':>16} {'size MB':>8} {'ms':>9} "
-                  f"{'x none':>7} {'peak MB':>8}")
+                  f"{'x none':>7} {'peak MB':>8} {'export GB':>9}")
+
+            def fmt(value, spec):
+                return "-" if value is None else format(value, spec)
+
             for r in result["results"]:
-                ms = f"{r['median_ms']:.1f}" if r["median_ms"] else "failed"
+                ms = fmt(r["median_ms"], ".1f") if r["median_ms"] else "failed"
+                size = r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None
+                print(f"{r['norm']:<11} {r['format']:<20} {fmt(r['params'], ','):>12} {fmt(r['macs'], ','):>16} "
+                      f"{fmt(size, '.1f'):>8} {ms:>9} {fmt(r.get('ratio_to_none'), '.2f'):>7} "
+                      f"{fmt(r.get('peak_rss_mb'), '.0f'):>8} {fmt(r['export_peak_rss_mb'] / 1024, '.1f'):>9}")
+            for r in result["results"]:
                 if r.get("error"):
-                    print(f"  ({r['norm']} {r['format']}: {r['error']})", file=sys.stderr)
-                ratio = f"{r['ratio_to_none']:.2f}" if r.get("ratio_to_none") else "-"
-                peak = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
-                print(f"{r['norm']:<11} {r['format']:<20} {r['params']:>12,} {r['macs']:>16,} "
-                      f"{r['size_bytes'] / 1e6:>8.1f} {ms:>9} {ratio:>7} {peak:>8}")
+                    print(f"{r['norm']} {r['format']}: {r['error']}")
         return 0
     result = bench_train(args)
     if args.json:

@@ -146,7 +146,7 @@ def main(argv=None):
     import statistics
     import tempfile
 
-    from export.bench import _failure, _last_json, memory_total_mb, run_guarded
+    from export.bench import call_guarded, memory_total_mb
 
     p = argparse.ArgumentParser(prog="python -m export.variants", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,25 +168,22 @@ def main(argv=None):
     try:
         for v in variants:
             out = os.path.join(tmp, v)
-            rc, so, se, peak, killed = run_guarded(
-                "import json; from export.variants import build_variant; "
-                f"print(json.dumps(build_variant({args.preset!r}, {v!r}, {formats!r}, {out!r})))", limit)
-            if rc != 0 or killed:
-                raise SystemExit(f"error: variant {v}: {_failure(rc, se, peak, killed, limit)}")
-            result["variants"][v] = {f: {"rel_l2": e, "round_ms": []} for f, e in _last_json(so).items()}
+            errors, error, _ = call_guarded("export.variants", "build_variant",
+                                            (args.preset, v, formats, out), limit)
+            if error:
+                raise SystemExit(f"error: variant {v}: {error}")
+            result["variants"][v] = {f: {"rel_l2": e, "round_ms": []} for f, e in errors.items()}
             print(f"[{v}] built", file=sys.stderr)
         for _ in range(args.rounds):
             for fmt in formats:
                 for v in variants:
                     path = os.path.join(tmp, v, names[fmt])
                     npz = os.path.join(tmp, v, "inputs.npz")
-                    rc, so, se, peak, killed = run_guarded(
-                        "import json; from export.bench import time_model; "
-                        f"print(json.dumps(time_model({path!r}, {fmt!r}, {npz!r}, {args.threads}, "
-                        f"{args.repeats}, {args.warmup})))", limit)
-                    if rc != 0 or killed:
-                        raise SystemExit(f"error: timing {v} {fmt}: {_failure(rc, se, peak, killed, limit)}")
-                    result["variants"][v][fmt]["round_ms"].append(_last_json(so)["median_ms"])
+                    r, error, _ = call_guarded("export.bench", "time_model",
+                                               (path, fmt, npz, args.threads, args.repeats, args.warmup), limit)
+                    if error:
+                        raise SystemExit(f"error: timing {v} {fmt}: {error}")
+                    result["variants"][v][fmt]["round_ms"].append(r["median_ms"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for fmt in formats:

@@ -334,3 +334,12 @@ def test_benchmark_memory_guard_kills_a_child_that_outgrows_the_limit():
     assert killed and rc != 0 and 150 < peak < 400
     rc, out, _, peak, killed = run_guarded("print('small')", limit_mb=200)
     assert not killed and rc == 0 and out.strip() == "small"
+
+
+def test_call_guarded_returns_the_result_or_a_one_line_reason():
+    from export.bench import call_guarded
+
+    total, error, _ = call_guarded("export.bench", "memory_total_mb", (), 2000)
+    assert error is None and total > 100
+    result, error, _ = call_guarded("export.bench", "no_such_function", (), 2000)
+    assert result is None and "no_such_function" in error and "\n" not in error
