@@ -1,7 +1,9 @@
-"""Benchmarks (numbers for the README, not tests).
+r"""Benchmarks (numbers for the README, not tests).
 
     python -m export.bench [latency] --preset ade20k --norm none,clade,clade-icpe,spade \
-        --formats tflite-fp32,tflite-int8-dynamic,onnx --threads 2 --repeats 10 [--json] [--plot FILE]
+        --formats tflite-fp32,tflite-int8-dynamic,onnx --threads 2 --rounds 3 --repeats 5 \
+        [--memory-limit-mb MB] [--json] [--plot FILE]
+    python -m export.bench ops --preset ade20k --norm none,clade --threads 2 [--json]
     python -m export.bench train --preset synthetic --modes clade,spade [--steps 20] [--json]
 
 `latency` (the default): for each norm mode, build the generator (random weights,
@@ -13,6 +15,9 @@ median over rounds of the per-process medians, with each mode's ratio to `none`.
 Every export and timing child runs under a memory guard (`--memory-limit-mb`,
 default 75 % of RAM): one that grows past it is killed and its row reports so.
 The peak resident memory of each timing process is reported per format.
+
+`ops`: per-op profiles of the exported tflite-fp32 (LiteRT sampled with `perf`, kernel
+symbols mapped to ops) and onnx (onnxruntime's profiler) models of each norm mode.
 
 `train`: optimizer steps per second of the full GAN step (one generator and one
 discriminator update, no VGG) on this machine, for each norm mode in one process,
@@ -213,7 +218,7 @@ def run_guarded(code, limit_mb):
 
 def export_for_bench(preset_name, norm, formats, out_dir, inputs_npz):
     """Child-process job: random-weight generator (BatchNorm calibrated), exported and
-    verified by `python -m export`'s exporter; writes the timing inputs. Prints JSON."""
+    verified by `python -m export`'s exporter; writes the timing inputs; returns params and MACs."""
     import keras
     import numpy as np
 
