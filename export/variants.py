@@ -1,4 +1,4 @@
-"""Lookup variants tried for the exported CLADE layer (the record is export/BENCHMARKS.md).
+r"""Lookup variants tried for the exported CLADE layer (the record is export/BENCHMARKS.md).
 
     python -m export.variants --preset ade20k --variants base,fused,shared,betas \
         --formats tflite-fp32,onnx --threads 2 --rounds 5 [--json]
