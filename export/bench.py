@@ -198,19 +198,22 @@ def run_guarded(code, limit_mb):
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, cwd=root, text=True)
         peak, killed = 0.0, False
-        while p.poll() is None:
-            try:
-                with open(f"/proc/{p.pid}/status") as f:
-                    rss = next((int(l.split()[1]) for l in f if l.startswith("VmRSS")), 0) / 1024
-            except OSError:
-                rss = 0.0
-            peak = max(peak, rss)
-            if rss > limit_mb:
-                killed = True
+        try:
+            while p.poll() is None:
+                try:
+                    with open(f"/proc/{p.pid}/status") as f:
+                        rss = next((int(l.split()[1]) for l in f if l.startswith("VmRSS")), 0) / 1024
+                except OSError:
+                    rss = 0.0
+                peak = max(peak, rss)
+                if rss > limit_mb:
+                    killed = True
+                    break
+                time.sleep(0.1)
+        finally:  # over the limit, or the parent interrupted: the child goes too
+            if p.poll() is None:
                 p.kill()
                 p.wait()
-                break
-            time.sleep(0.1)
         out.seek(0)
         err.seek(0)
         return p.returncode, out.read(), err.read(), peak, killed
@@ -535,7 +538,16 @@ def plot_latency(result, path):
     save_png(path, np.asarray(img))
 
 
+def exit_on_sigterm():
+    """SIGTERM -> SystemExit, so `finally` blocks kill the running child and remove the
+    temporary export directories (else a killed benchmark leaves GBs behind in /tmp)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main(argv=None):
+    exit_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("train", "latency", "ops", "-h", "--help"):
         argv = ["latency"] + argv

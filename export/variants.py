@@ -146,8 +146,9 @@ def main(argv=None):
     import statistics
     import tempfile
 
-    from export.bench import call_guarded, memory_total_mb
+    from export.bench import call_guarded, exit_on_sigterm, memory_total_mb
 
+    exit_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m export.variants", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="ade20k")

@@ -343,3 +343,25 @@ def test_call_guarded_returns_the_result_or_a_one_line_reason():
     assert error is None and total > 100
     result, error, _ = call_guarded("export.bench", "no_such_function", (), 2000)
     assert result is None and "no_such_function" in error and "\n" not in error
+
+
+def test_a_terminated_benchmark_takes_its_child_with_it():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("from export.bench import exit_on_sigterm, run_guarded; exit_on_sigterm(); "
+            "run_guarded('import time; time.sleep(60)', 1000)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
+    children = []
+    for _ in range(100):  # wait for the guarded child to start
+        time.sleep(0.05)
+        with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+        if children:
+            break
+    assert children, "the guarded child never started"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=10) == 143
+    assert not os.path.exists(f"/proc/{children[0]}")  # killed and reaped by the parent
