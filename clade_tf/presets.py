@@ -86,3 +86,10 @@ def get_preset(name):
         raise ValueError(
             f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}"
         ) from None
+
+
+def custom_preset(label_nc, contain_dontcare=False, use_instance=False):
+    """The `custom` preset for a folder dataset of `label_nc` classes (the official
+    `--label_nc`), plus a don't-care class and instance maps where it has them."""
+    return get_preset("custom").replace(label_nc=label_nc, contain_dontcare=contain_dontcare,
+                                        use_instance=use_instance)

@@ -58,15 +58,14 @@ def parse_size(text):
 
 
 def build_config(args, sd):
-    from clade_tf.presets import get_preset
+    from clade_tf.presets import custom_preset, get_preset
 
     info = inspect_checkpoint(sd)
     preset = get_preset(args.preset)
     if args.preset == "custom":
         if args.label_nc is None:
             raise ImportErrorMessage("--preset custom needs --label-nc N")
-        preset = preset.replace(label_nc=args.label_nc, contain_dontcare=args.contain_dontcare,
-                                use_instance=args.use_instance)
+        preset = custom_preset(args.label_nc, args.contain_dontcare, args.use_instance)
     elif args.label_nc is not None:
         raise ImportErrorMessage(f"--label-nc applies to --preset custom only ({args.preset} has {preset.label_nc})")
     if args.norm and args.norm != info["norm_mode"]:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from clade_tf import ConvEncoder, Generator, MultiscaleDiscriminator, viz
 from clade_tf.config import GeneratorConfig
 from clade_tf.data import folders, pipeline
-from clade_tf.presets import get_preset
+from clade_tf.presets import custom_preset, get_preset
 from train.callbacks import LinearDecay, RunMonitor
 from train.checkpoint import (
     atomic_write_text,
@@ -36,13 +36,11 @@ class UsageError(Exception):
 
 
 def resolve_preset(cfg: TrainConfig):
-    preset = get_preset(cfg.dataset)
-    if cfg.dataset == "custom":
-        if cfg.label_nc is None:
-            raise UsageError("--dataset custom needs --label-nc N (or --label-nc auto)")
-        preset = preset.replace(label_nc=cfg.label_nc, contain_dontcare=cfg.contain_dontcare,
-                                use_instance=cfg.use_instance)
-    return preset
+    if cfg.dataset != "custom":
+        return get_preset(cfg.dataset)
+    if cfg.label_nc is None:
+        raise UsageError("--dataset custom needs --label-nc N (or --label-nc auto)")
+    return custom_preset(cfg.label_nc, cfg.contain_dontcare, cfg.use_instance)
 
 
 def make_strategy(name):
