@@ -166,19 +166,20 @@ def data_calibration(train, preset, cfg, n):
     augmentation as `clade_tf.data.pipeline.make_dataset` with the run's seed).
     `z` (VAE) is drawn from the prior, as at inference. Raises `CalibrationUnavailable`.
     """
+    from clade_tf.data import pipeline
     from train.run import UsageError, make_source
 
     try:
         source = make_source(train, preset, cfg, phase="train")
     except (UsageError, OSError, ValueError) as e:  # no dataroot, missing folder, bad/absent samples
         raise CalibrationUnavailable(str(e)) from None
-    order = np.random.default_rng([train.seed, 0, 7919]).permutation(len(source))
+    order = pipeline.epoch_order(len(source), train.seed, 0)
     samples, bad = [], []
     for index in order:
         if len(samples) == n:
             break
         try:
-            samples.append(source.load(int(index), np.random.default_rng([train.seed, 0, int(index)])))
+            samples.append(source.load(int(index), pipeline.sample_rng(train.seed, 0, int(index))))
         except (ValueError, OSError) as e:  # folders.BadSample is a ValueError
             bad.append(str(e))
             if len(bad) > n:

@@ -91,6 +91,18 @@ def steps_per_epoch(source, batch_size):
     return n // batch_size
 
 
+def epoch_order(n, seed, epoch, shuffle=True):
+    """The sample indices of `epoch`, in the order the pipeline reads them."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch, 7919]).permutation(n)
+
+
+def sample_rng(seed, epoch, index):
+    """The augmentation generator of sample `index` in `epoch` (same on every resume)."""
+    return np.random.default_rng([seed, epoch, index])
+
+
 def make_dataset(source, batch_size, height, width, seed=0, start_step=0, shuffle=True,
                  use_instance=False, use_dist=False, num_steps=None):
     """Batches from global step `start_step` on (forever, or `num_steps` batches)."""
@@ -101,9 +113,7 @@ def make_dataset(source, batch_size, height, width, seed=0, start_step=0, shuffl
 
     @functools.lru_cache(maxsize=4)
     def order(epoch):
-        if not shuffle:
-            return np.arange(n)
-        return np.random.default_rng([seed, epoch, 7919]).permutation(n)
+        return epoch_order(n, seed, epoch, shuffle)
 
     def load_position(pos):
         pos = int(pos)
@@ -111,7 +121,7 @@ def make_dataset(source, batch_size, height, width, seed=0, start_step=0, shuffl
         perm = order(epoch)
         for attempt in range(n):
             index = int(perm[(k + attempt) % n])
-            rng = np.random.default_rng([seed, epoch, index])
+            rng = sample_rng(seed, epoch, index)
             try:
                 s = source.load(index, rng)
                 break
