@@ -365,6 +365,36 @@ def run_saved_model(path, inputs):
     return np.concatenate(outs)
 
 
+def write_format(kind, path, fn, names, weights=(), calibration=None):
+    """Converts the serving function `fn` (from `serving_function`) to `kind` at `path`.
+    `weights`: the model's variables (SavedModel); `calibration`: int8 inputs."""
+    if kind == "saved_model":
+        module = tf.Module()
+        # track the underlying tf.Variables so the SavedModel owns them
+        module.vars = [v.value if hasattr(v, "value") else v for v in weights]
+        module.serve = fn
+        tf.saved_model.save(module, path, signatures={"serving_default": fn})
+    elif kind == "onnx":
+        import tf2onnx
+
+        with lean_tf2onnx():
+            model, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17)
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+    else:
+        with open(path, "wb") as f:
+            f.write(_tflite_converter(fn, names, kind, calibration))
+
+
+def run_format(kind, path, inputs):
+    """Runs the `kind` file at `path` on a dict of batched inputs."""
+    if kind == "saved_model":
+        return run_saved_model(path, inputs)
+    if kind == "onnx":
+        return run_onnx(path, inputs)
+    return run_tflite(path, inputs)
+
+
 def compare(out, ref):
     err = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))
     mse = float(np.mean((out - ref) ** 2))
@@ -423,25 +453,8 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
         for kind in work:
             name = FORMATS[kind] if kind in formats else _REFERENCE_TFLITE
             path = os.path.join(tmp, name)
-            if kind == "saved_model":
-                module = tf.Module()
-                # track the underlying tf.Variables so the SavedModel owns them
-                module.vars = [v.value if hasattr(v, "value") else v for v in folded.weights]
-                module.serve = fn
-                tf.saved_model.save(module, path, signatures={"serving_default": fn})
-                out = run_saved_model(path, check)
-            elif kind == "onnx":
-                import tf2onnx
-
-                with lean_tf2onnx():
-                    model, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17)
-                with open(path, "wb") as f:
-                    f.write(model.SerializeToString())
-                out = run_onnx(path, check)
-            else:
-                with open(path, "wb") as f:
-                    f.write(_tflite_converter(fn, names, kind, calibration))
-                out = run_tflite(path, check)
+            write_format(kind, path, fn, names, folded.weights, calibration)
+            out = run_format(kind, path, check)
             if kind in FP32_FORMATS:
                 entry = _entry(out, reference, "keras")
                 entry["ok"] = entry["rel_l2"] <= FP32_TOLERANCE

@@ -105,9 +105,8 @@ def build_variant(preset_name, variant, formats, out_dir):
     from clade_tf import Generator
     from clade_tf.inference import fold_for_inference
     from clade_tf.presets import get_preset
-    from export.bench import calibrate_batch_norm
-    from export.exporter import (FP32_TOLERANCE, _tflite_converter, compare, example_inputs,
-                                 lean_tf2onnx, run_onnx, run_tflite)
+    from export.bench import BENCH_FORMATS, calibrate_batch_norm
+    from export.exporter import FORMATS, FP32_TOLERANCE, compare, example_inputs, run_format, write_format
 
     keras.utils.set_random_seed(0)
     cfg = get_preset(preset_name).generator_config("none" if variant == "none" else "clade")
@@ -121,20 +120,10 @@ def build_variant(preset_name, variant, formats, out_dir):
     np.savez(os.path.join(out_dir, "inputs.npz"), **inputs)
     errors = {}
     for fmt in formats:
-        if fmt == "tflite-fp32":
-            path = os.path.join(out_dir, "model_fp32.tflite")
-            with open(path, "wb") as f:
-                f.write(_tflite_converter(fn, names, "tflite", None))
-            out = run_tflite(path, inputs)
-        else:
-            import tf2onnx
-
-            path = os.path.join(out_dir, "model.onnx")
-            with lean_tf2onnx():
-                model, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17)
-            with open(path, "wb") as f:
-                f.write(model.SerializeToString())
-            out = run_onnx(path, inputs)
+        kind = BENCH_FORMATS[fmt]
+        path = os.path.join(out_dir, FORMATS[kind])
+        write_format(kind, path, fn, names)
+        out = run_format(kind, path, inputs)
         errors[fmt] = compare(out, reference)[0]
         if errors[fmt] > FP32_TOLERANCE:
             raise SystemExit(f"{variant} {fmt}: relative L2 {errors[fmt]:.2e} vs Keras")
@@ -146,7 +135,8 @@ def main(argv=None):
     import statistics
     import tempfile
 
-    from export.bench import call_guarded, exit_on_sigterm, memory_total_mb
+    from export.bench import BENCH_FORMATS, call_guarded, exit_on_sigterm, memory_total_mb
+    from export.exporter import FORMATS
 
     exit_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m export.variants", description=__doc__,
@@ -164,7 +154,6 @@ def main(argv=None):
     formats = args.formats.split(",")
     limit = 0.75 * memory_total_mb()
     tmp = tempfile.mkdtemp(prefix="clade-variants-")
-    names = {"tflite-fp32": "model_fp32.tflite", "onnx": "model.onnx"}
     result = {"preset": args.preset, "threads": args.threads, "rounds": args.rounds, "variants": {}}
     try:
         for v in variants:
@@ -178,7 +167,7 @@ def main(argv=None):
         for _ in range(args.rounds):
             for fmt in formats:
                 for v in variants:
-                    path = os.path.join(tmp, v, names[fmt])
+                    path = os.path.join(tmp, v, FORMATS[BENCH_FORMATS[fmt]])
                     npz = os.path.join(tmp, v, "inputs.npz")
                     r, error, _ = call_guarded("export.bench", "time_model",
                                                (path, fmt, npz, args.threads, args.repeats, args.warmup), limit)
