@@ -118,30 +118,50 @@ BENCH_FORMATS = {"tflite-fp32": "tflite", "tflite-fp16": "tflite-fp16", "tflite-
                  "tflite-int8-dynamic": "tflite-int8-dynamic", "onnx": "onnx", "saved_model": "saved_model"}
 
 
+def _tflite_invoke(path, data, threads):
+    """A LiteRT (XNNPACK) interpreter with `data` set as its inputs: its `invoke`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=path, num_threads=threads)
+    it.allocate_tensors()
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], data[d["name"]].astype(d["dtype"]))
+    return it.invoke
+
+
+def _ort_run(path, data, threads, profile_prefix=None):
+    """An onnxruntime CPU session on `threads` intra-op threads: (session, a call on `data`)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feed = {x.name: data[x.name] for x in sess.get_inputs()}
+    return sess, lambda: sess.run(["image"], feed)
+
+
+def _median_ms(call, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t) * 1000)
+    return sorted(times)[repeats // 2]
+
+
 def time_model(path, fmt, inputs_npz, threads, repeats, warmup):
     """Runs in a child process: median ms per call and peak RSS."""
     import numpy as np
 
     data = dict(np.load(inputs_npz))
     if fmt.startswith("tflite"):
-        from ai_edge_litert.interpreter import Interpreter
-
-        it = Interpreter(model_path=path, num_threads=threads)
-        it.allocate_tensors()
-        for d in it.get_input_details():
-            it.set_tensor(d["index"], data[d["name"]].astype(d["dtype"]))
-        call = it.invoke
+        call = _tflite_invoke(path, data, threads)
     elif fmt == "onnx":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        feed = {x.name: data[x.name] for x in sess.get_inputs()}
-
-        def call():
-            sess.run(["image"], feed)
+        _, call = _ort_run(path, data, threads)
     else:
         import tensorflow as tf
 
@@ -154,16 +174,12 @@ def time_model(path, fmt, inputs_npz, threads, repeats, warmup):
             f(**feed)["image"].numpy()
     for _ in range(warmup):
         call()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t) * 1000)
+    median = _median_ms(call, repeats)
     # VmHWM: this process's peak RSS (ru_maxrss would include the parent's size,
     # which survives fork + exec)
     with open("/proc/self/status") as f:
         peak_mb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-    return {"median_ms": sorted(times)[len(times) // 2], "peak_rss_mb": peak_mb}
+    return {"median_ms": median, "peak_rss_mb": peak_mb}
 
 
 def calibrate_batch_norm(generator, inputs):
@@ -349,21 +365,12 @@ def ort_op_profile(path, inputs_npz, threads, repeats, warmup):
     import collections
 
     import numpy as np
-    import onnxruntime as ort
 
     data = dict(np.load(inputs_npz))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.enable_profiling = True
-    so.profile_file_prefix = os.path.join(os.path.dirname(path), "ort_profile")
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    feed = {x.name: data[x.name] for x in sess.get_inputs()}
-    times = []
-    for i in range(warmup + repeats):
-        t = time.perf_counter()
-        sess.run(["image"], feed)
-        times.append((time.perf_counter() - t) * 1000)
+    sess, call = _ort_run(path, data, threads, os.path.join(os.path.dirname(path), "ort_profile"))
+    for _ in range(warmup):
+        call()
+    median = _median_ms(call, repeats)
     with open(sess.end_profiling()) as f:
         events = json.load(f)
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[warmup:]
@@ -373,30 +380,20 @@ def ort_op_profile(path, inputs_npz, threads, repeats, warmup):
                 a <= e["ts"] <= b for a, b in runs):
             per_op[e["args"]["op_name"]] += e["dur"] / 1000 / len(runs)
             count[e["args"]["op_name"]] += 1
-    return {"median_ms": sorted(times[warmup:])[repeats // 2],
+    return {"median_ms": median,
             "ops": {k: {"ms": v, "nodes": count[k] // len(runs)} for k, v in per_op.items()}}
 
 
 def tflite_invoke_loop(path, inputs_npz, threads, repeats, warmup):
     """Child-process job: warm up, print READY, wait for a line on stdin, then time the calls."""
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
 
-    data = dict(np.load(inputs_npz))
-    it = Interpreter(model_path=path, num_threads=threads)
-    it.allocate_tensors()
-    for d in it.get_input_details():
-        it.set_tensor(d["index"], data[d["name"]].astype(d["dtype"]))
+    invoke = _tflite_invoke(path, dict(np.load(inputs_npz)), threads)
     for _ in range(warmup):
-        it.invoke()
+        invoke()
     print("READY", flush=True)
     sys.stdin.readline()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        it.invoke()
-        times.append((time.perf_counter() - t) * 1000)
-    return {"median_ms": sorted(times)[repeats // 2]}
+    return {"median_ms": _median_ms(invoke, repeats)}
 
 
 def tflite_op_profile(path, inputs_npz, threads, repeats, warmup):
