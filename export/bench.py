@@ -202,6 +202,11 @@ def memory_total_mb():
         return next(int(line.split()[1]) for line in f if line.startswith("MemTotal")) / 1024
 
 
+def default_memory_limit_mb():
+    """The guard's default limit for a child process: 75 % of this machine's RAM."""
+    return 0.75 * memory_total_mb()
+
+
 def run_guarded(code, limit_mb):
     """Runs `python -c code` in a child, sampling its resident memory every 100 ms and
     killing it above `limit_mb` (so a model that needs more than the machine has fails
@@ -290,7 +295,7 @@ def bench_latency(args):
     unknown = [f for f in formats if f not in BENCH_FORMATS]
     if unknown:
         raise SystemExit(f"error: unknown format(s) {unknown}; expected some of {', '.join(BENCH_FORMATS)}")
-    limit = args.memory_limit_mb or 0.75 * memory_total_mb()
+    limit = args.memory_limit_mb or default_memory_limit_mb()
     tmp = tempfile.mkdtemp(prefix="clade-bench-")
     rows = {}
     try:
@@ -446,7 +451,7 @@ def bench_ops(args):
     import tempfile
 
     norms = args.norm.split(",")
-    limit = 0.75 * memory_total_mb()
+    limit = default_memory_limit_mb()
     tmp = tempfile.mkdtemp(prefix="clade-ops-")
     result = {"preset": args.preset, "threads": args.threads, "repeats": args.repeats, "modes": {}}
     try:

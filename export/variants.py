@@ -135,7 +135,7 @@ def main(argv=None):
     import statistics
     import tempfile
 
-    from export.bench import BENCH_FORMATS, call_guarded, exit_on_sigterm, memory_total_mb
+    from export.bench import BENCH_FORMATS, call_guarded, default_memory_limit_mb, exit_on_sigterm
     from export.exporter import FORMATS
 
     exit_on_sigterm()
@@ -152,7 +152,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     variants = ["none"] + [v for v in args.variants.split(",") if v != "none"]
     formats = args.formats.split(",")
-    limit = 0.75 * memory_total_mb()
+    limit = default_memory_limit_mb()
     tmp = tempfile.mkdtemp(prefix="clade-variants-")
     result = {"preset": args.preset, "threads": args.threads, "rounds": args.rounds, "variants": {}}
     try:
