@@ -83,6 +83,26 @@ class GeneratorConfig:
         return self.image_height // self.total_stride, self.image_width // self.total_stride
 
     @property
+    def input_names(self):
+        """The inputs this generator takes, in contract order: `label`, then `instance`
+        (use_instance), `dist` (clade-icpe), `z` (use_vae; sampled when absent). The one
+        place that decides which inputs a model needs (data, GAN, export all ask here)."""
+        names = ["label"]
+        if self.use_instance:
+            names.append("instance")
+        if self.norm_mode == "clade-icpe":
+            names.append("dist")
+        if self.use_vae:
+            names.append("z")
+        return tuple(names)
+
+    @property
+    def data_keys(self):
+        """The maps a data source must provide for this generator (`input_names`
+        without `z`, which is drawn, not read)."""
+        return tuple(n for n in self.input_names if n != "z")
+
+    @property
     def semantic_channels(self):
         """Channels of the one-hot semantic map (+1 for the instance edge map)."""
         return self.num_classes + (1 if self.use_instance else 0)
