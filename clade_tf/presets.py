@@ -2,7 +2,15 @@
 
 import dataclasses
 
-from clade_tf.config import DiscriminatorConfig, GeneratorConfig
+from clade_tf.config import (
+    ConfigError,
+    DataConfig,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    MonitorConfig,
+    OptimConfig,
+    RunConfig,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +66,25 @@ class Preset:
     def discriminator_config(self):
         return DiscriminatorConfig(ndf=self.ndf)
 
+    def data_config(self, **overrides):
+        """The `DataConfig` of this preset's dataset; keyword overrides win (e.g. `dataroot`)."""
+        kwargs = dict(dataset=self.name, label_nc=self.label_nc, contain_dontcare=self.contain_dontcare,
+                      use_instance=self.use_instance, preprocess=self.preprocess, load_size=self.load_size)
+        kwargs.update(overrides)
+        return DataConfig(**kwargs)
+
+    def run_config(self, norm_mode="clade", *, dataroot=None, use_vae=False, param_free_norm="syncbatch",
+                   optim=None, monitor=None, seed=0, data=None):
+        """The `RunConfig` that `python -m train --dataset NAME` builds: this preset's data,
+        generator (`norm_mode`, VAE input, param-free norm), discriminator, and `optim` /
+        `monitor` (default: the official settings at the preset's batch size)."""
+        return RunConfig(
+            data=self.data_config(dataroot=dataroot, **(data or {})),
+            generator=self.generator_config(norm_mode, use_vae=use_vae, param_free_norm=param_free_norm),
+            discriminator=self.discriminator_config(),
+            optim=optim or OptimConfig(batch_size=self.batch_size),
+            monitor=monitor or MonitorConfig(), seed=seed)
+
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
@@ -83,7 +110,7 @@ def get_preset(name):
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}"
         ) from None
 
@@ -93,3 +120,20 @@ def custom_preset(label_nc, contain_dontcare=False, use_instance=False):
     `--label_nc`), plus a don't-care class and instance maps where it has them."""
     return get_preset("custom").replace(label_nc=label_nc, contain_dontcare=contain_dontcare,
                                         use_instance=use_instance)
+
+
+def resolve_preset(dataset, label_nc=None, contain_dontcare=False, use_instance=False):
+    """The preset of `dataset`; `custom` is built from `label_nc` (required), the don't-care
+    class and instance maps. The custom-only options are refused for the fixed presets."""
+    preset = get_preset(dataset)
+    if dataset == "custom":
+        if label_nc is None:
+            raise ConfigError("the custom dataset needs its number of classes (--label-nc N, or --label-nc auto)")
+        return custom_preset(label_nc, contain_dontcare, use_instance)
+    given = [n for n, v in (("label-nc", label_nc is not None), ("contain-dontcare", contain_dontcare),
+                            ("use-instance", use_instance)) if v]
+    if given:
+        raise ConfigError(f"--{', --'.join(given)} apply to the custom dataset only; {dataset} has "
+                          f"{preset.label_nc} classes{' and instance maps' if preset.use_instance else ''} "
+                          "fixed by its preset")
+    return preset

@@ -1,4 +1,4 @@
-"""Training callbacks: TensorBoard scalars and sample grids, checkpoints, stop at the step total."""
+"""The training callback: progress, TensorBoard scalars and sample grids, checkpoints."""
 
 import os
 
@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 
 from clade_tf import viz
+from clade_tf.config import MonitorConfig
 from clade_tf.data import synthetic
-from train.checkpoint import save_checkpoint
 
 
 def current_lr(opt):
@@ -20,29 +20,31 @@ class RunMonitor(keras.callbacks.Callback):
     iteration count, which survives resume).
 
     Args:
-        run_dir: the run directory (`logs/` and `ckpt-*` go there).
+        run_dir: the `RunDirectory` (`logs/`, `samples/` and `ckpt-*` go there).
         gan: the `CladeGAN`.
         total_steps: the run's step total; training stops there.
         sample_batch: a fixed batch (dict of numpy arrays) for image grids.
         colours: palette for the label column.
         num_classes: for the synthetic fidelity measure.
         synthetic_data: log the synthetic fidelity measure.
-        log_every, image_every, checkpoint_every: intervals in steps.
+        monitor: a `MonitorConfig` (intervals in steps).
         is_chief: only the chief writes (multi-worker).
+        progress: show a progress bar of the global step (first step -> total).
         grid_rows: samples shown in the image grid (fidelity uses the whole batch).
     """
 
     def __init__(self, run_dir, gan, total_steps, sample_batch, colours, num_classes,
-                 synthetic_data, log_every, image_every, checkpoint_every, is_chief=True,
-                 grid_rows=6):
+                 synthetic_data, monitor: MonitorConfig, is_chief=True, progress=False, grid_rows=6):
         super().__init__()
         self.run_dir, self.gan, self.total = run_dir, gan, int(total_steps)
         self.sample_batch, self.colours, self.num_classes = sample_batch, colours, num_classes
         self.synthetic_data = synthetic_data
         self.grid_rows = grid_rows
-        self.log_every, self.image_every = log_every, image_every
-        self.checkpoint_every, self.is_chief = checkpoint_every, is_chief
-        logdir = os.path.join(run_dir, "logs", "train") if is_chief else None
+        self.log_every, self.image_every = monitor.log_every, monitor.image_every
+        self.checkpoint_every, self.is_chief = monitor.checkpoint_every, is_chief
+        self.progress = progress and is_chief
+        self._bar = None
+        logdir = run_dir.file("logs", "train") if is_chief else None
         self.writer = tf.summary.create_file_writer(logdir) if is_chief else None
         self.last_fidelity = None
         self.initial_fidelity = None
@@ -75,7 +77,7 @@ class RunMonitor(keras.callbacks.Callback):
                 if fid is not None:
                     tf.summary.scalar("synthetic/fidelity", fid)
             self.writer.flush()
-            samples = os.path.join(self.run_dir, "samples")
+            samples = self.run_dir.file("samples")
             os.makedirs(samples, exist_ok=True)
             viz.save_png(os.path.join(samples, f"step_{step:07d}.png"), grid)
         return grid, fid
@@ -87,9 +89,17 @@ class RunMonitor(keras.callbacks.Callback):
             self.initial_fidelity = fid
             if fid is not None:
                 print(f"synthetic fidelity at initialisation: {fid:.3f}")
+        if self.progress:
+            print(f"steps {step + 1}..{self.total}; the first step compiles the training graph, "
+                  "so it takes longer than the rest")
+            self._bar = keras.utils.Progbar(self.total, stateful_metrics=["G_total", "D_total"])
+            self._bar.update(step)
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.step
+        if self._bar is not None:
+            self._bar.update(step, [(k, float(v)) for k, v in (logs or {}).items() if k.endswith("_total")],
+                             finalize=step >= self.total)
         if self.writer is not None and logs and (step % self.log_every == 0 or step == self.total):
             with self.writer.as_default(step=step):
                 for k, v in logs.items():
@@ -99,35 +109,16 @@ class RunMonitor(keras.callbacks.Callback):
         if step % self.image_every == 0 and step != self.total:
             self.evaluate_samples(step)
         if step % self.checkpoint_every == 0 and self.is_chief:
-            save_checkpoint(self.run_dir, self.gan, step)
+            self.run_dir.save_checkpoint(self.gan, step)
         if step >= self.total:
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
         step = self.step
         if self.is_chief:
-            save_checkpoint(self.run_dir, self.gan, step)
+            self.run_dir.save_checkpoint(self.gan, step)
         _, fid = self.evaluate_samples(step)
         if fid is not None:
             print(f"synthetic fidelity at step {step}: {fid:.3f}")
         if self.writer is not None:
             self.writer.flush()
-
-
-class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Constant, then linear decay to 0 from `decay_start` to `total_steps` (official
-    `niter` / `niter_decay`, in steps)."""
-
-    def __init__(self, initial, decay_start, total_steps):
-        self.initial, self.decay_start, self.total_steps = float(initial), int(decay_start), int(total_steps)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        span = max(self.total_steps - self.decay_start, 1)
-        frac = tf.clip_by_value((step - self.decay_start) / span, 0.0, 1.0)
-        return self.initial * (1.0 - frac)
-
-    def get_config(self):
-        return {"initial": self.initial, "decay_start": self.decay_start,
-                "total_steps": self.total_steps}
-

@@ -1,7 +1,6 @@
-"""Command line of the training application."""
+"""Command line of the training application: flags -> `RunConfig` -> `train.run.run`."""
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -10,28 +9,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 DESCRIPTION = """Train a CLADE / CLADE-ICPE / SPADE generator with model.fit.
 
 With no arguments: CLADE on the embedded synthetic dataset, on the CPU, in about
-five minutes, into runs/synthetic-clade. Rerunning the same command continues the
-run from its newest checkpoint (after a crash you lose at most one checkpoint
-interval); --steps is the run's total, so a larger --steps extends it.
+five to ten minutes on 2 cores, into runs/synthetic-clade. Rerunning the same
+command continues the run from its newest checkpoint (after a crash you lose at most
+one checkpoint interval); --steps is the run's total, so a larger --steps extends it.
 """
+
+DATASETS = ("synthetic", "ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff", "custom")
+DEFAULT_SYNTHETIC_STEPS = 800
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and every option's default."""
 
 
 def build_parser():
-    from train.config import DATASETS, STRATEGIES, TrainConfig
+    from clade_tf.config import DataConfig, MonitorConfig, OptimConfig
+    from train.run import STRATEGIES
 
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m train", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    o, m, d = OptimConfig(), MonitorConfig(), DataConfig()
+    p = argparse.ArgumentParser(prog="python -m train", description=DESCRIPTION, formatter_class=HelpFormatter)
     a = p.add_argument
-    a("--dataset", default="synthetic", choices=DATASETS, help="dataset preset and folder layout (default: synthetic)")
+    a("--dataset", default="synthetic", choices=DATASETS, help="dataset preset and folder layout")
     a("--dataroot", help="dataset folder (official layout of --dataset; not used by synthetic)")
-    a("--norm", default="clade", choices=("clade", "clade-icpe", "spade"), help="generator normalization (default: clade)")
-    a("--param-free-norm", default=d.param_free_norm, choices=("syncbatch", "batch", "instance"),
-      help="parameter-free normalization inside CLADE/SPADE (default: syncbatch)")
-    a("--batch-size", type=int, help="global batch size (default: the preset's; synthetic 8, others 1)")
-    a("--steps", type=int, help=f"total optimizer steps of the run (default: {d.steps} for synthetic)")
+    a("--norm", default="clade", choices=("clade", "clade-icpe", "spade"), help="generator normalization")
+    a("--param-free-norm", default="syncbatch", choices=("syncbatch", "batch", "instance"),
+      help="parameter-free normalization inside CLADE/SPADE")
+    a("--batch-size", type=int, help="global batch size (None: the preset's; synthetic 8, others 1)")
+    a("--steps", type=int, help=f"total optimizer steps of the run (None: {DEFAULT_SYNTHETIC_STEPS} for "
+      "synthetic; other datasets need --steps or --epochs)")
     a("--epochs", type=int, help="total epochs instead of --steps (steps = epochs x samples // batch)")
-    a("--out", help="run directory (default: runs/<dataset>-<norm>)")
+    a("--out", help="run directory (None: runs/<dataset>-<norm>)")
     a("--resume", action="store_true", help="continue the run in --out; fail if it has no checkpoint "
       "(without it, an existing checkpoint is continued too)")
     a("--vgg-weights", metavar="FILE", help="local VGG19 notop Keras weights (.h5) for the perceptual loss; "
@@ -39,88 +46,102 @@ def build_parser():
     a("--use-vae", action="store_true", help="train with the image encoder (z from the style of the real image)")
     a("--strategy", default="auto", choices=STRATEGIES,
       help="auto: MultiWorkerMirrored if TF_CONFIG lists several workers, Mirrored if several GPUs, else one device")
-    a("--seed", type=int, default=d.seed, help="seed for data order, augmentation, init and sampling")
-    a("--g-lr", type=float, default=d.g_lr, help="generator learning rate (TTUR default 1e-4)")
-    a("--d-lr", type=float, default=d.d_lr, help="discriminator learning rate (TTUR default 4e-4)")
-    a("--beta1", type=float, default=d.beta1, help="Adam beta1 (default 0)")
-    a("--beta2", type=float, default=d.beta2, help="Adam beta2 (default 0.9)")
+    a("--seed", type=int, default=0, help="seed for data order, augmentation, init and sampling")
+    a("--g-lr", type=float, default=o.g_lr, help="generator learning rate (TTUR)")
+    a("--d-lr", type=float, default=o.d_lr, help="discriminator learning rate (TTUR)")
+    a("--beta1", type=float, default=o.beta1, help="Adam beta1")
+    a("--beta2", type=float, default=o.beta2, help="Adam beta2")
     a("--decay-start", type=int, metavar="STEP", help="decay both learning rates linearly to 0 from STEP to --steps")
-    a("--lambda-feat", type=float, default=d.lambda_feat, help="feature matching weight (10)")
-    a("--lambda-vgg", type=float, default=d.lambda_vgg, help="VGG loss weight (10)")
-    a("--lambda-kld", type=float, default=d.lambda_kld, help="KL divergence weight in VAE mode (0.05)")
-    a("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="N", help="checkpoint every N steps (and at the end)")
-    a("--log-every", type=int, default=d.log_every, metavar="N", help="TensorBoard scalars every N steps")
-    a("--image-every", type=int, default=d.image_every, metavar="N", help="TensorBoard sample grid every N steps")
-    a("--skip-bad-samples", action="store_true", help="report and skip unreadable / mismatched / out-of-range samples instead of stopping")
+    a("--lambda-feat", type=float, default=o.lambda_feat, help="feature matching weight")
+    a("--lambda-vgg", type=float, default=o.lambda_vgg, help="VGG loss weight")
+    a("--lambda-kld", type=float, default=o.lambda_kld, help="KL divergence weight in VAE mode")
+    a("--checkpoint-every", type=int, default=m.checkpoint_every, metavar="N",
+      help="checkpoint every N steps (and at the end)")
+    a("--log-every", type=int, default=m.log_every, metavar="N", help="TensorBoard scalars every N steps")
+    a("--image-every", type=int, default=m.image_every, metavar="N", help="TensorBoard sample grid every N steps")
+    a("--skip-bad-samples", action="store_true",
+      help="report and skip unreadable / mismatched / out-of-range samples instead of stopping")
     a("--label-nc", help="custom datasets: number of classes (without don't-care), or 'auto' to scan the labels")
     a("--contain-dontcare", action="store_true", help="custom datasets: label 255 is a don't-care class")
-    a("--palette", metavar="FILE", help="custom datasets with RGB colour masks: colour -> class file (JSON or 'r g b class' lines)")
+    a("--palette", metavar="FILE",
+      help="custom datasets with RGB colour masks: colour -> class file (JSON or 'r g b class' lines)")
     a("--use-instance", action="store_true", help="custom datasets: read instance maps from <dataroot>/instances")
-    a("--mixed-precision", action="store_true", help="mixed_float16 compute (not supported yet: refused with an error)")
+    a("--mixed-precision", nargs="?", const="float16", choices=("float16", "bfloat16"),
+      help="mixed-precision compute: float16 with loss scaling (the bare flag; GPUs), or bfloat16 "
+           "(TPUs, CPUs with AVX512-BF16); variables stay float32")
     a("--synthetic-length", type=int, default=d.synthetic_length, help="samples per epoch of the synthetic dataset")
     return p
 
 
 def resolve(args):
-    """argparse namespace -> (TrainConfig, resume_required)."""
-    from clade_tf.presets import get_preset
-    from train.config import TrainConfig
+    """argparse namespace -> (RunConfig, out, strategy, resume_required). Every problem
+    found in the flags is reported at once."""
+    import dataclasses
+
+    from clade_tf.config import ConfigError, MonitorConfig, OptimConfig
+    from clade_tf.presets import get_preset, resolve_preset
     from train.run import UsageError
 
-    preset = get_preset(args.dataset)
-    if args.dataset != "custom":
-        for flag in ("label_nc", "palette"):
-            if getattr(args, flag):
-                raise UsageError(f"--{flag.replace('_', '-')} applies to --dataset custom only; "
-                                 f"{args.dataset} has {preset.label_nc} classes fixed by the preset")
-    label_nc = args.label_nc
-    if args.dataset == "custom":
-        label_nc = resolve_label_nc(args)
-    batch = args.batch_size or preset.batch_size
-    if batch < 1:
-        raise UsageError(f"--batch-size {batch}: expected >= 1")
-    out = args.out or os.path.join("runs", f"{args.dataset}-{args.norm}")
-    cfg = TrainConfig(
-        dataset=args.dataset, dataroot=args.dataroot, norm=args.norm, batch_size=batch,
-        out=out, seed=args.seed, g_lr=args.g_lr, d_lr=args.d_lr, beta1=args.beta1, beta2=args.beta2,
-        decay_start=args.decay_start, lambda_feat=args.lambda_feat, lambda_vgg=args.lambda_vgg,
-        lambda_kld=args.lambda_kld, vgg_weights=args.vgg_weights, use_vae=args.use_vae,
-        strategy=args.strategy, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-        image_every=args.image_every, skip_bad_samples=args.skip_bad_samples, label_nc=label_nc,
-        contain_dontcare=args.contain_dontcare, palette=args.palette, use_instance=args.use_instance,
-        mixed_precision=args.mixed_precision, synthetic_length=args.synthetic_length,
-        param_free_norm=args.param_free_norm,
-    )
+    problems = []
+    custom = args.dataset == "custom"
+    if not custom:
+        given = [f"--{f.replace('_', '-')}" for f in ("label_nc", "palette", "contain_dontcare", "use_instance")
+                 if getattr(args, f)]
+        if given:
+            problems.append(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --dataset custom only; "
+                            f"{args.dataset} has {get_preset(args.dataset).label_nc} classes fixed by the preset")
+    if args.dataset != "synthetic" and not args.dataroot:
+        problems.append(f"--dataset {args.dataset} needs --dataroot DIR")
+    elif args.dataroot and not os.path.isdir(args.dataroot):
+        problems.append(f"--dataroot {args.dataroot} does not exist")
     if args.steps is not None and args.epochs is not None:
-        raise UsageError("give --steps or --epochs, not both")
-    for name in ("checkpoint_every", "log_every", "image_every", "synthetic_length"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected >= 1")
-    steps = args.steps
+        problems.append("give --steps or --epochs, not both")
+    elif args.steps is None and args.epochs is None and args.dataset != "synthetic":
+        problems.append(f"--dataset {args.dataset}: give --steps or --epochs")
+    for name in ("steps", "epochs", "batch_size", "checkpoint_every", "log_every", "image_every",
+                 "synthetic_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name.replace('_', '-')} {value}: expected >= 1")
+    if args.vgg_weights and not os.path.isfile(args.vgg_weights):
+        problems.append(f"VGG19 weights file not found: {args.vgg_weights!r}; pass --vgg-weights with a local "
+                        "copy of vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 (nothing is downloaded)")
+    if custom and args.label_nc is None:
+        problems.append("--dataset custom needs --label-nc N (or --label-nc auto to scan the labels)")
+    if problems:
+        raise UsageError("; ".join(problems))
+
+    label_nc = resolve_label_nc(args) if custom else None
+    try:
+        preset = resolve_preset(args.dataset, label_nc, args.contain_dontcare, args.use_instance)
+        batch = args.batch_size or preset.batch_size
+        optim = OptimConfig(batch_size=batch, steps=args.steps or DEFAULT_SYNTHETIC_STEPS, g_lr=args.g_lr,
+                            d_lr=args.d_lr, beta1=args.beta1, beta2=args.beta2, decay_start=args.decay_start,
+                            lambda_feat=args.lambda_feat, lambda_vgg=args.lambda_vgg, lambda_kld=args.lambda_kld,
+                            vgg_weights=args.vgg_weights, mixed_precision=args.mixed_precision)
+        monitor = MonitorConfig(log_every=args.log_every, image_every=args.image_every,
+                                checkpoint_every=args.checkpoint_every)
+        cfg = preset.run_config(
+            args.norm, dataroot=args.dataroot, use_vae=args.use_vae, param_free_norm=args.param_free_norm,
+            optim=optim, monitor=monitor, seed=args.seed,
+            data={"palette": args.palette, "skip_bad_samples": args.skip_bad_samples,
+                  "synthetic_length": args.synthetic_length})
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
     if args.epochs is not None:
-        from clade_tf.data import pipeline
-        from train.run import make_source
+        from clade_tf.data import pipeline, sources
 
-        from train.run import resolve_preset
-
-        resolved = resolve_preset(cfg)
-        source = make_source(cfg, resolved, resolved.generator_config(args.norm))
+        source = sources.make_source(cfg.data, cfg.generator, cfg.seed)
         steps = args.epochs * pipeline.steps_per_epoch(source, batch)
-    if steps is None:
-        if args.dataset != "synthetic":
-            raise UsageError(f"--dataset {args.dataset}: give --steps or --epochs")
-        steps = TrainConfig().steps
-    if steps < 1:
-        raise UsageError(f"--steps {steps}: expected >= 1")
-    return dataclasses.replace(cfg, steps=steps), args.resume
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=steps))
+    out = args.out or os.path.join("runs", f"{args.dataset}-{args.norm}")
+    return cfg, out, args.strategy, args.resume
 
 
 def resolve_label_nc(args):
     from clade_tf.data import folders
     from train.run import UsageError
 
-    if args.label_nc is None:
-        raise UsageError("--dataset custom needs --label-nc N (or --label-nc auto to scan the labels)")
     if args.label_nc != "auto":
         try:
             n = int(args.label_nc)
@@ -129,8 +150,6 @@ def resolve_label_nc(args):
         if n < 1:
             raise UsageError(f"--label-nc {n}: expected >= 1")
         return n
-    if not args.dataroot:
-        raise UsageError("--label-nc auto needs --dataroot")
     samples, _ = folders.list_samples("custom", args.dataroot, "train", False)
     palette = folders.load_palette(args.palette) if args.palette else None
     classes = folders.scan_label_classes(samples, palette)
@@ -150,8 +169,8 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     try:
-        cfg, resume_required = resolve(args)
-        summary = run(cfg, resume_required=resume_required)
+        cfg, out, strategy, resume_required = resolve(args)
+        summary = run(cfg, out, strategy=strategy, resume_required=resume_required)
     except (UsageError, BadSample, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -160,11 +179,14 @@ def main(argv=None):
         bad = [m for m in msg if "BadSample" in m or "label value" in m or "unreadable" in m]
         print(f"error: {(bad or msg)[0]}", file=sys.stderr)
         return 2
+    if summary.get("nothing_to_do"):
+        print(f"{summary['run_dir']} is already at step {summary['final_step']} of --steps "
+              f"{summary['total_steps']}: nothing to do (a larger --steps extends the run)")
+        return 0
     print(f"done: {summary['final_step']} steps in {summary['run_dir']} "
-          f"({summary.get('steps_per_second', 0):.2f} steps/s)")
+          f"({summary['steps_per_second']:.2f} steps/s)")
     if summary.get("fidelity_final") is not None:
         init = summary.get("fidelity_init")
         print(f"synthetic fidelity: {init if init is None else round(init, 3)} at init -> "
               f"{summary['fidelity_final']:.3f} now")
-    print(f"watch it: tensorboard --logdir {os.path.dirname(summary['run_dir'].rstrip('/')) or '.'}")
     return 0

@@ -12,10 +12,14 @@ replica's plain means, which Keras averages over replicas: the logged losses do
 not depend on the number of replicas.
 """
 
+import os
+
 import keras
 import tensorflow as tf
 
+from clade_tf.config import RunConfig
 from clade_tf.layers.ops import instance_edges
+from clade_tf.networks import ConvEncoder, Generator, MultiscaleDiscriminator
 
 VGG_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
 VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
@@ -23,13 +27,12 @@ VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
 def load_vgg19(path, height, width):
     """VGG19 feature extractor (relu1_1 ... relu5_1) from a local Keras weights file."""
-    import os
-
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(
             f"VGG19 weights file not found: {path!r}; pass --vgg-weights with a local copy of "
             "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 (nothing is downloaded)"
         )
+    # float32 whatever the global policy: a frozen loss network gains nothing from float16
     base = keras.applications.VGG19(include_top=False, weights=path, input_shape=(height, width, 3))
     outs = [base.get_layer(n).output for n in VGG_LAYERS]
     vgg = keras.Model(base.input, outs, name="vgg19_features")
@@ -97,8 +100,8 @@ class CladeGAN(keras.Model):
 
     # -- pieces ----------------------------------------------------------------------
     def generator_inputs(self, batch):
-        keys = ("label", "instance", "dist")
-        return {k: batch[k] for k in keys if k in batch}
+        """The batch's maps the generator takes (its config says which)."""
+        return {k: batch[k] for k in self.generator.config.data_keys}
 
     def semantics(self, batch):
         """One-hot label map (+ instance edges): the discriminator's condition."""
@@ -222,3 +225,55 @@ class CladeGAN(keras.Model):
         if self.built and self.g_optimizer.built and self.d_optimizer.built:
             return
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Constant, then linear decay to 0 from `decay_start` to `total_steps` (official
+    `niter` / `niter_decay`, in steps)."""
+
+    def __init__(self, initial, decay_start, total_steps):
+        self.initial, self.decay_start, self.total_steps = float(initial), int(decay_start), int(total_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        span = max(self.total_steps - self.decay_start, 1)
+        frac = tf.clip_by_value((step - self.decay_start) / span, 0.0, 1.0)
+        return self.initial * (1.0 - frac)
+
+    def get_config(self):
+        return {"initial": self.initial, "decay_start": self.decay_start,
+                "total_steps": self.total_steps}
+
+
+def make_optimizer(lr, cfg: RunConfig):
+    """Adam with the run's betas, learning-rate decay and, under float16, loss scaling."""
+    o = cfg.optim
+    if o.decay_start is not None:
+        lr = LinearDecay(lr, o.decay_start, o.steps)
+    opt = keras.optimizers.Adam(lr, beta_1=o.beta1, beta_2=o.beta2)
+    if o.mixed_precision == "float16":
+        # float16 gradients underflow without it; bfloat16 has float32's range and needs none
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def build_gan(cfg: RunConfig, vgg_size=None):
+    """The compiled, fully built `CladeGAN` of a run configuration (call inside the
+    distribution strategy's scope). The networks take the run's dtype policy."""
+    g = cfg.generator
+    policy = cfg.optim.dtype_policy
+    generator = Generator(g, name="generator", dtype=policy)
+    discriminator = MultiscaleDiscriminator(cfg.discriminator, name="discriminator", dtype=policy)
+    encoder = None
+    if g.use_vae:
+        size = 256 if min(g.image_height, g.image_width) >= 256 else 64
+        encoder = ConvEncoder(ngf=g.ngf, z_dim=g.z_dim, input_size=size, name="encoder", dtype=policy)
+    vgg = None
+    if cfg.optim.vgg_weights:
+        vgg = load_vgg19(cfg.optim.vgg_weights, g.image_height, g.image_width)
+    o = cfg.optim
+    gan = CladeGAN(generator, discriminator, encoder, vgg, o.lambda_feat, o.lambda_vgg, o.lambda_kld,
+                   seed=cfg.seed)
+    gan.compile(g_optimizer=make_optimizer(o.g_lr, cfg), d_optimizer=make_optimizer(o.d_lr, cfg))
+    gan.build_all()
+    return gan

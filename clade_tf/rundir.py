@@ -1,0 +1,252 @@
+"""The run directory: the one owner of its layout (write, list, load).
+
+    <run>/config.json            the `RunConfig` (+ `source` for imported checkpoints)
+    <run>/ckpt-<step>/           generator / discriminator (/ encoder) .weights.h5,
+                                 g_optimizer.npz, d_optimizer.npz, state.json
+    <run>/generator.keras        the final generator (a `keras.models.load_model` file)
+    <run>/generator.weights.h5   an imported generator (no checkpoints)
+    <run>/logs/, samples/        TensorBoard logs and sample grids
+
+Training, export, import and evaluation all go through `RunDirectory`.
+
+Checkpoints are written under a temporary name and renamed into place, so after a
+`kill -9` only complete checkpoints exist; the newest complete one is what a resumed
+run continues from. The step is also the data position (the pipeline is a pure
+function of it). `tf.train.Checkpoint` is not used: with Keras 3 objects it does not
+track layers held in lists (it silently skipped the spectral-norm state and BatchNorm
+statistics in our check).
+"""
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+
+from clade_tf.config import ConfigError, RunConfig
+from clade_tf.networks import Generator
+
+_CKPT = re.compile(r"^ckpt-(\d+)$")
+CONFIG = "config.json"
+GENERATOR_KERAS = "generator.keras"
+GENERATOR_WEIGHTS = "generator.weights.h5"
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, unreadable, or does not fit the model."""
+
+
+def atomic_write_text(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_weights_checked(model, path, architecture):
+    """Loads a Keras weights file into the built `model`, with one-line errors.
+
+    `architecture` describes what the weights should fit (for the message). Besides
+    Keras' own checks (missing or differently shaped variables), a `.weights.h5`
+    holding more arrays than the model has (e.g. BatchNorm statistics loaded into an
+    `instance` param-free norm, which Keras skips silently) is a mismatch too.
+    """
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError) as e:
+        text = str(e).strip()
+        if isinstance(e, OSError) or "File format not supported" in text:
+            raise WeightsError(f"{path}: not a Keras weights file (.weights.h5): {text.splitlines()[0]}") from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(e).__name__]
+        example = next((ln for ln in lines[1:] if " expected " in ln), None)
+        detail = f"{lines[0].split(' Example')[0].rstrip('.')}; e.g. {example}" if example else lines[0]
+        raise WeightsError(f"{path} does not match {architecture}: {detail}") from None
+    import h5py
+
+    if h5py.is_hdf5(path):
+        arrays = []
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda _, v: arrays.append(1) if isinstance(v, h5py.Dataset) else None)
+        if len(arrays) > len(model.weights):
+            raise WeightsError(f"{path} does not match {architecture}: the file holds {len(arrays)} weight "
+                               f"arrays, the model has {len(model.weights)}")
+
+
+def _opt_arrays(opt):
+    return {f"{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(opt.variables)}
+
+
+def _load_opt(opt, path):
+    with np.load(path) as data:
+        arrays = [data[k] for k in sorted(data.files)]
+    if len(arrays) != len(opt.variables):
+        raise ValueError(
+            f"{path}: {len(arrays)} optimizer variables saved, the optimizer has {len(opt.variables)}"
+        )
+    for var, value in zip(opt.variables, arrays):
+        if tuple(var.shape) != value.shape:
+            raise ValueError(f"{path}: shape {value.shape} does not fit {var.path} {tuple(var.shape)}")
+        var.assign(value)
+
+
+class RunDirectory:
+    """A run directory of `python -m train` (or of an imported checkpoint)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def __repr__(self):
+        return f"RunDirectory({self.path!r})"
+
+    def file(self, *parts):
+        return os.path.join(self.path, *parts)
+
+    # -- config ------------------------------------------------------------------------
+    @property
+    def config_path(self):
+        return self.file(CONFIG)
+
+    def has_config(self):
+        return os.path.isfile(self.config_path)
+
+    def read_record(self):
+        """`config.json` as a dict (with `source` for imported checkpoints)."""
+        if not self.has_config():
+            raise ConfigError(f"{self.path}: no {CONFIG} (is it a run directory of python -m train "
+                              "or export.from_torch?)")
+        try:
+            with open(self.config_path) as f:
+                return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{self.config_path}: not valid JSON ({e})") from None
+
+    def read_config(self) -> RunConfig:
+        try:
+            return RunConfig.from_dict(self.read_record())
+        except (ConfigError, TypeError, KeyError) as e:
+            raise ConfigError(f"{self.config_path}: {e}") from None
+
+    def is_imported(self):
+        """An imported checkpoint (no training record of its own)."""
+        return "source" in self.read_record()
+
+    def write_config(self, cfg: RunConfig, **extra):
+        os.makedirs(self.path, exist_ok=True)
+        atomic_write_text(self.config_path, json.dumps({**cfg.to_dict(), **extra}, indent=2))
+
+    # -- checkpoints -------------------------------------------------------------------
+    def checkpoints(self):
+        """`[(step, path)]` of complete checkpoints, oldest first."""
+        if not os.path.isdir(self.path):
+            return []
+        out = []
+        for name in os.listdir(self.path):
+            m = _CKPT.match(name)
+            path = self.file(name)
+            if m and os.path.isfile(os.path.join(path, "state.json")):
+                out.append((int(m.group(1)), path))
+        return sorted(out)
+
+    def latest_checkpoint(self):
+        ckpts = self.checkpoints()
+        return ckpts[-1] if ckpts else (None, None)
+
+    def remove_partial_checkpoints(self):
+        """Deletes temporary checkpoint folders a killed process left behind."""
+        if os.path.isdir(self.path):
+            for name in os.listdir(self.path):
+                if name.startswith(".tmp-ckpt-"):
+                    shutil.rmtree(self.file(name), ignore_errors=True)
+
+    def save_checkpoint(self, gan, step, keep=3):
+        """Writes `ckpt-<step>` of a `CladeGAN` atomically; keeps the newest `keep`."""
+        final = self.file(f"ckpt-{step}")
+        if os.path.isdir(final):
+            return final
+        tmp = self.file(f".tmp-ckpt-{step}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        gan.generator.save_weights(os.path.join(tmp, "generator.weights.h5"))
+        gan.discriminator.save_weights(os.path.join(tmp, "discriminator.weights.h5"))
+        if gan.encoder is not None:
+            gan.encoder.save_weights(os.path.join(tmp, "encoder.weights.h5"))
+        np.savez(os.path.join(tmp, "g_optimizer.npz"), **_opt_arrays(gan.g_optimizer))
+        np.savez(os.path.join(tmp, "d_optimizer.npz"), **_opt_arrays(gan.d_optimizer))
+        state = {"step": int(step), "seed_state": gan.seed_generator.state.numpy().tolist()}
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(state, f)
+        os.rename(tmp, final)
+        for _, old in self.checkpoints()[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def restore_checkpoint(path, gan):
+        """Loads a checkpoint into a built `CladeGAN` (networks and optimizers); returns the step."""
+        gan.generator.load_weights(os.path.join(path, "generator.weights.h5"))
+        gan.discriminator.load_weights(os.path.join(path, "discriminator.weights.h5"))
+        if gan.encoder is not None:
+            gan.encoder.load_weights(os.path.join(path, "encoder.weights.h5"))
+        _load_opt(gan.g_optimizer, os.path.join(path, "g_optimizer.npz"))
+        _load_opt(gan.d_optimizer, os.path.join(path, "d_optimizer.npz"))
+        with open(os.path.join(path, "state.json")) as f:
+            state = json.load(f)
+        gan.seed_generator.state.assign(np.asarray(state["seed_state"], dtype=gan.seed_generator.state.dtype))
+        return int(state["step"])
+
+    # -- the generator -----------------------------------------------------------------
+    def generator_weights(self, step=None):
+        """The generator weights file: the newest complete checkpoint's (or checkpoint
+        `step`'s), else an imported `generator.weights.h5`."""
+        ckpts = dict(self.checkpoints())
+        if step is not None:
+            if step not in ckpts:
+                raise WeightsError(f"{self.path}: no checkpoint ckpt-{step} (have: "
+                                   f"{', '.join(str(s) for s in ckpts) or 'none'})")
+            return os.path.join(ckpts[step], "generator.weights.h5")
+        if ckpts:
+            return os.path.join(ckpts[max(ckpts)], "generator.weights.h5")
+        if os.path.isfile(self.file(GENERATOR_WEIGHTS)):
+            return self.file(GENERATOR_WEIGHTS)
+        raise WeightsError(f"{self.path}: no generator weights (ckpt-*/generator.weights.h5 or "
+                           f"{GENERATOR_WEIGHTS})")
+
+    def load_generator(self, step=None):
+        """`(Generator, RunConfig)`: a float32 generator built from `config.json` with the
+        newest (or `step`'s) weights."""
+        cfg = self.read_config()
+        g = Generator(cfg.generator, name="generator")
+        g.build()
+        load_weights_checked(g, self.generator_weights(step), f"the generator of {self.config_path}")
+        return g, cfg
+
+    def save_generator(self, generator):
+        """Writes `generator.keras` atomically."""
+        path = self.file(GENERATOR_KERAS)
+        tmp = path + ".tmp.keras"
+        generator.save(tmp)
+        os.replace(tmp, path)
+        return path
+
+    def write_imported(self, cfg: RunConfig, generator, encoder, source, force=False):
+        """Writes an imported generator (+ encoder) as a run directory, atomically."""
+        out = self.path
+        if os.path.exists(out) and os.listdir(out) and not force:
+            raise ConfigError(f"--out {out} exists and is not empty (use --force to replace it)")
+        tmp = RunDirectory(f"{out.rstrip('/')}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        os.makedirs(tmp.path)
+        try:
+            tmp.write_config(cfg, source=source)
+            generator.save_weights(tmp.file(GENERATOR_WEIGHTS))
+            tmp.save_generator(generator)
+            if encoder is not None:
+                encoder.save_weights(tmp.file("encoder.weights.h5"))
+            if os.path.exists(out):
+                shutil.rmtree(out)
+            os.rename(tmp.path, out)
+        finally:
+            shutil.rmtree(tmp.path, ignore_errors=True)
