@@ -152,3 +152,34 @@ def load_encoder(encoder, state_dict, strict=True):
     ld.dense(encoder.fc_mu, "fc_mu")
     ld.dense(encoder.fc_var, "fc_var")
     return ld.finish(strict)
+
+
+def inspect_generator_state_dict(sd):
+    """What an official generator state dict says about its architecture: a dict with
+    `norm_mode`, `use_vae`, `ngf`, `most` (7 upsamplings), `batch_norm` (BatchNorm
+    running statistics present), and `num_classes` + `use_instance` (CLADE) or
+    `semantic_channels` (SPADE), with `classes_from` naming the key they were read from."""
+    if "fc.weight" not in sd or "head_0.conv_0.weight_orig" not in sd:
+        raise ValueError("this is not an official SPADEGenerator state dict "
+                         "(no fc.weight / head_0.conv_0.weight_orig)")
+    fc = sd["fc.weight"]
+    ngf = fc.shape[0] // 16 if fc.ndim == 4 else sd["head_0.conv_0.weight_orig"].shape[1] // 16
+    info = {"use_vae": fc.ndim == 2, "ngf": int(ngf)}
+    if "head_0.norm_0.class_specified_affine.weight" in sd:
+        table = sd["head_0.norm_0.class_specified_affine.weight"]
+        icpe = "head_0.norm_0.class_specified_affine.dist_conv_w.weight" in sd
+        info["norm_mode"] = "clade-icpe" if icpe else "clade"
+        info["num_classes"] = int(table.shape[0])
+        info["use_instance"] = "head_0.norm_0.inst_conv.weight" in sd
+        info["classes_from"] = f"head_0.norm_0.class_specified_affine.weight {tuple(table.shape)}"
+    elif "head_0.norm_0.mlp_shared.0.weight" in sd:
+        shared = sd["head_0.norm_0.mlp_shared.0.weight"]
+        info["norm_mode"] = "spade"
+        info["semantic_channels"] = int(shared.shape[1])
+        info["classes_from"] = f"head_0.norm_0.mlp_shared.0.weight {tuple(shared.shape)}"
+    else:
+        raise ValueError("cannot tell the norm mode: no CLADE tables and no SPADE mlp_shared")
+    info["most"] = "up_4.conv_0.weight_orig" in sd
+    # BatchNorm keeps running statistics; InstanceNorm (affine=False) has none
+    info["batch_norm"] = "head_0.norm_0.param_free_norm.running_mean" in sd
+    return info

@@ -1,1 +1,9 @@
-"""The export application: profiling now; SavedModel/TFLite/ONNX export and benchmarks follow."""
+"""The export application: `python -m export` (export, verified), `export.infer` (run an
+exported model on label PNGs), `export.from_torch` (import official PyTorch checkpoints).
+The work is done by `clade_tf.export`; these modules parse flags and print."""
+
+import argparse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and every option's default."""

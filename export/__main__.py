@@ -1,7 +1,7 @@
 """`python -m export`: export a trained (or imported) generator to edge formats, verified.
 
     python -m export --run runs/synthetic-clade --out exports/synthetic-clade \\
-        [--formats saved_model,tflite,tflite-fp16,tflite-int8-dynamic,tflite-int8,onnx] [--batch 1]
+        [--formats saved_model,tflite-fp32,tflite-fp16,tflite-int8-dynamic,tflite-int8,onnx] [--batch 1]
     python -m export --weights G.weights.h5 --preset synthetic [--norm clade] \\
         [--param-free-norm syncbatch] [--use-vae] --out exports/mine
 
@@ -14,35 +14,38 @@ run's dataset; with --weights the preset's: synthetic needs no files, others
 """
 
 import argparse
+import dataclasses
 import os
 import sys
+
+from export import HelpFormatter
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_parser():
+    from clade_tf.export.exporter import CALIBRATION_SAMPLES
+    from clade_tf.export.runtime import FORMATS
     from clade_tf.presets import PRESETS
-    from export.exporter import CALIBRATION_SAMPLES, FORMATS
 
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory (python -m train or export.from_torch)")
     src.add_argument("--weights", metavar="FILE", help="generator weights (.weights.h5) to export; needs --preset")
-    p.add_argument("--out", required=True, help="export directory to write")
-    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
+    p.add_argument("--out", help="export directory to write (required)")
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma-separated formats")
     p.add_argument("--batch", type=int, default=1, help="static batch size of the exported graph")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES, metavar="N",
-                   help=f"int8 calibration samples (default {CALIBRATION_SAMPLES})")
+                   help="int8 calibration samples")
     p.add_argument("--calibration-dataroot", metavar="DIR",
                    help="dataset folder for the int8 calibration (the preset's layout); with --run it "
                         "replaces the recorded --dataroot")
     w = p.add_argument_group("with --weights: the architecture (as python -m train builds it)")
     w.add_argument("--preset", choices=sorted(PRESETS), help="dataset preset the weights were trained with")
-    w.add_argument("--norm", choices=("clade", "clade-icpe", "spade", "none"), help="norm mode (default: clade)")
+    w.add_argument("--norm", choices=("clade", "clade-icpe", "spade", "none"), help="norm mode (None: clade)")
     w.add_argument("--param-free-norm", choices=("syncbatch", "batch", "instance"),
-                   help="parameter-free normalization (default: syncbatch)")
+                   help="parameter-free normalization (None: syncbatch)")
     w.add_argument("--use-vae", action="store_true", help="VAE-mode generator (z input)")
     w.add_argument("--label-nc", type=int, help="--preset custom: classes without don't-care")
     w.add_argument("--contain-dontcare", action="store_true", help="--preset custom: one extra don't-care class")
@@ -51,8 +54,11 @@ def build_parser():
 
 
 def load_generator(args):
-    """(generator, TrainConfig or None, Preset or None, calibration source name, reason if no data)."""
-    from export.exporter import ExportError, load_run, load_weights, run_training_config
+    """`(generator, DataConfig or None, seed, calibration source name, reason if no data)`."""
+    from clade_tf.export import ExportError
+    from clade_tf.networks import Generator
+    from clade_tf.presets import resolve_preset
+    from clade_tf.rundir import RunDirectory, load_weights_checked
 
     arch = {"--preset": args.preset, "--norm": args.norm, "--param-free-norm": args.param_free_norm,
             "--use-vae": args.use_vae, "--label-nc": args.label_nc,
@@ -62,42 +68,53 @@ def load_generator(args):
         if given:
             raise ExportError(f"{', '.join(given)}: only with --weights (a run's config.json fixes "
                               "the architecture)")
-        _, g, record = load_run(args.run)
-        data = run_training_config(record, args.calibration_dataroot)
-        return (g, *(data or (None, None)), "run data",
-                f"{args.run}/config.json records no training data (e.g. an imported checkpoint)")
+        run = RunDirectory(args.run)
+        g, cfg = run.load_generator()
+        data = cfg.data
+        if args.calibration_dataroot:
+            data = dataclasses.replace(data, dataroot=args.calibration_dataroot)
+        name = f"{data.dataset} data" if run.is_imported() else "run data"
+        return g, data, cfg.seed, name, ""
     if not args.preset:
         raise ExportError("--weights needs --preset NAME (the preset the weights were trained with)")
-    _, g, train, preset = load_weights(
-        args.weights, args.preset, norm=args.norm or "clade", use_vae=args.use_vae,
-        param_free_norm=args.param_free_norm or "syncbatch", label_nc=args.label_nc,
-        contain_dontcare=args.contain_dontcare, use_instance=args.use_instance,
-        dataroot=args.calibration_dataroot)
+    norm, pfn = args.norm or "clade", args.param_free_norm or "syncbatch"
+    preset = resolve_preset(args.preset, args.label_nc, args.contain_dontcare, args.use_instance)
+    cfg = preset.run_config(norm, dataroot=args.calibration_dataroot, use_vae=args.use_vae, param_free_norm=pfn)
+    if not os.path.isfile(args.weights):
+        raise ExportError(f"weights file not found: {args.weights}")
+    g = Generator(cfg.generator, name="generator")
+    g.build()
+    load_weights_checked(g, args.weights, f"preset {args.preset} / norm {norm} (param-free norm {pfn}"
+                                          f"{', VAE' if args.use_vae else ''})")
     if args.preset != "synthetic" and not args.calibration_dataroot:
-        return g, None, None, "", f"no --calibration-dataroot for the {args.preset} data"
-    return g, train, preset, f"{args.preset} data", ""
+        return g, None, 0, "", f"no --calibration-dataroot for the {args.preset} data"
+    return g, cfg.data, cfg.seed, f"{args.preset} data", ""
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from export.exporter import ExportError, calibration_inputs, check_formats, export
+    from clade_tf.config import ConfigError
+    from clade_tf.export import ExportError, calibration_inputs, export, parse_formats
 
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     try:
+        if not args.out:
+            raise ExportError("--out DIR is required (the export directory to write)")
         if args.calibration_samples < 1:
             raise ExportError(f"--calibration-samples {args.calibration_samples}: expected >= 1")
-        check_formats(formats)
-        g, train, preset, source_name, unavailable = load_generator(args)
+        if args.batch < 1:
+            raise ExportError(f"--batch {args.batch}: expected >= 1")
+        formats = parse_formats(args.formats)
+        g, data, seed, source_name, unavailable = load_generator(args)
         calibration = source = None
         if "tflite-int8" in formats:
-            calibration, source, reason = calibration_inputs(g.config, args.calibration_samples, train, preset,
+            calibration, source, reason = calibration_inputs(g.config, args.calibration_samples, data, seed,
                                                              source_name, unavailable)
             if reason:
                 print(f"notice: int8 calibration on {args.calibration_samples} blocky random label maps, not the "
                       f"training data: {reason}")
         report = export(g, args.out, formats, batch=args.batch, force=args.force,
                         calibration=calibration, calibration_source=source)
-    except (ExportError, FileNotFoundError, ValueError) as e:
+    except (ExportError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name, r in report["formats"].items():

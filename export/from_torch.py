@@ -2,7 +2,7 @@
 
     python -m export.from_torch latest_net_G.pth --preset ade20k --out runs/ade20k-official
     python -m export.from_torch G.pth --preset custom --label-nc 3 --contain-dontcare \\
-        --use-instance --image-size 32x32 --ngf 2 --encoder E.pth --out runs/mine
+        --use-instance --image-size 32x32 --use-vae --encoder E.pth --out runs/mine
 
 Writes a run directory like `python -m train` does (`config.json`, `generator.keras`,
 `generator.weights.h5`, and `encoder.weights.h5` with `--encoder`). The norm mode,
@@ -11,10 +11,7 @@ contradict it, or a preset with another class count, are errors.
 """
 
 import argparse
-import dataclasses
-import json
 import os
-import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -25,28 +22,12 @@ class ImportErrorMessage(Exception):
 
 
 def inspect_checkpoint(sd):
-    """What a generator state dict says about its architecture."""
-    if "fc.weight" not in sd or "head_0.conv_0.weight_orig" not in sd:
-        raise ImportErrorMessage("this is not an official SPADEGenerator state dict "
-                                 "(no fc.weight / head_0.conv_0.weight_orig)")
-    fc = sd["fc.weight"]
-    info = {"use_vae": fc.ndim == 2, "ngf": int(fc.shape[0] // 16 if fc.ndim == 4 else sd["head_0.conv_0.weight_orig"].shape[1] // 16)}
-    if "head_0.norm_0.class_specified_affine.weight" in sd:
-        table = sd["head_0.norm_0.class_specified_affine.weight"]
-        info["norm_mode"] = "clade-icpe" if "head_0.norm_0.class_specified_affine.dist_conv_w.weight" in sd else "clade"
-        info["num_classes"] = int(table.shape[0])
-        info["use_instance"] = "head_0.norm_0.inst_conv.weight" in sd
-        info["classes_from"] = f"head_0.norm_0.class_specified_affine.weight {tuple(table.shape)}"
-    elif "head_0.norm_0.mlp_shared.0.weight" in sd:
-        info["norm_mode"] = "spade"
-        info["semantic_channels"] = int(sd["head_0.norm_0.mlp_shared.0.weight"].shape[1])
-        info["classes_from"] = f"head_0.norm_0.mlp_shared.0.weight {tuple(sd['head_0.norm_0.mlp_shared.0.weight'].shape)}"
-    else:
-        raise ImportErrorMessage("cannot tell the norm mode: no CLADE tables and no SPADE mlp_shared")
-    info["most"] = "up_4.conv_0.weight_orig" in sd
-    # BatchNorm keeps running statistics; InstanceNorm (affine=False) has none
-    info["batch_norm"] = "head_0.norm_0.param_free_norm.running_mean" in sd
-    return info
+    from clade_tf.convert import inspect_generator_state_dict
+
+    try:
+        return inspect_generator_state_dict(sd)
+    except ValueError as e:
+        raise ImportErrorMessage(str(e)) from None
 
 
 def parse_size(text):
@@ -102,31 +83,11 @@ def build_config(args, sd):
     return preset, cfg
 
 
-def write_run(out, preset, cfg, generator, encoder, source, force):
-    if os.path.exists(out) and os.listdir(out) and not force:
-        raise ImportErrorMessage(f"--out {out} exists and is not empty (use --force to replace it)")
-    tmp = f"{out.rstrip('/')}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        record = {"preset": dataclasses.asdict(preset), "generator": cfg.to_dict(),
-                  "discriminator": preset.discriminator_config().to_dict(), "source": source}
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(record, f, indent=2)
-        generator.save_weights(os.path.join(tmp, "generator.weights.h5"))
-        generator.save(os.path.join(tmp, "generator.keras"))
-        if encoder is not None:
-            encoder.save_weights(os.path.join(tmp, "encoder.weights.h5"))
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def run(args):
     from clade_tf import ConvEncoder, Generator
+    from clade_tf.config import RunConfig
     from clade_tf.convert import load_encoder, load_generator
+    from clade_tf.rundir import RunDirectory
     from clade_tf.torch_checkpoint import load_state_dict
 
     sd = load_state_dict(args.checkpoint)
@@ -143,15 +104,18 @@ def run(args):
         load_encoder(enc, esd)
     source = {"checkpoint": os.path.abspath(args.checkpoint),
               "encoder": os.path.abspath(args.encoder) if args.encoder else None}
-    write_run(args.out, preset, cfg, g, enc, source, args.force)
+    data = preset.data_config(use_instance=preset.use_instance or cfg.use_instance)
+    run_cfg = RunConfig(data=data, generator=cfg, discriminator=preset.discriminator_config())
+    RunDirectory(args.out).write_imported(run_cfg, g, enc, source, args.force)
     return cfg
 
 
 def main(argv=None):
     from clade_tf.presets import PRESETS
+    from export import HelpFormatter
 
     p = argparse.ArgumentParser(prog="python -m export.from_torch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="official generator checkpoint (*_net_G.pth, torch.save zip format)")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--out", required=True, help="run directory to write")
@@ -168,11 +132,12 @@ def main(argv=None):
                         "has BatchNorm statistics, else instance)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     args = p.parse_args(argv)
+    from clade_tf.config import ConfigError
     from clade_tf.torch_checkpoint import CheckpointError
 
     try:
         cfg = run(args)
-    except (ImportErrorMessage, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ImportErrorMessage, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"imported {cfg.norm_mode} generator ({cfg.num_classes} classes, ngf {cfg.ngf}, "

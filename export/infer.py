@@ -2,11 +2,13 @@
 
     python -m export.infer --model exports/run/model_fp32.tflite --labels label.png --out image.png
     python -m export.infer --model exports/run/model.onnx --labels labels/ --instances insts/ --out images/
+    python -m export.infer --model exports/run --labels label.png --out image.png
 
-`--model` is a SavedModel directory, a `.tflite` or a `.onnx` file from `python -m export`
-(its `report.json` beside it gives the size and class count). Label PNGs hold class ids
-(single channel); CLADE-ICPE maps are computed from them; VAE models get a random z
-(`--seed`).
+`--model` is an export directory of `python -m export` (its fp32 model is used:
+model_fp32.tflite, else model.onnx, else saved_model/), or one SavedModel directory,
+`.tflite` or `.onnx` file of it (the `report.json` of the export gives the size and
+class count). Label PNGs hold class ids (single channel); CLADE-ICPE maps are computed
+from them; VAE models get a random z (`--seed`). The model is loaded once for a folder.
 """
 
 import argparse
@@ -16,6 +18,8 @@ import sys
 
 import numpy as np
 
+from export import HelpFormatter
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -23,12 +27,31 @@ class InferError(Exception):
     pass
 
 
-def load_contract(model):
-    path = os.path.join(os.path.dirname(os.path.abspath(model.rstrip("/"))), "report.json")
+FP32_PREFERENCE = ("model_fp32.tflite", "model.onnx", "saved_model")
+
+
+def resolve_model(model):
+    """`(model file or SavedModel dir, the export's report)` for `--model`."""
+    model = model.rstrip("/") or "/"
+    if not os.path.exists(model):
+        raise InferError(f"--model {model} not found")
+    export_dir = os.path.dirname(os.path.abspath(model))
+    if os.path.isdir(model) and os.path.isfile(os.path.join(model, "report.json")):
+        export_dir = model  # an export directory: pick its fp32 model
+        found = [n for n in FP32_PREFERENCE if os.path.exists(os.path.join(model, n))]
+        if not found:
+            raise InferError(f"--model {model}: the export holds no fp32 model ({', '.join(FP32_PREFERENCE)}); "
+                             "name one of its model files")
+        model = os.path.join(model, found[0])
+    path = os.path.join(export_dir, "report.json")
     if not os.path.isfile(path):
-        raise InferError(f"{path} not found: --model must be a file of an export directory written by python -m export")
-    with open(path) as f:
-        return json.load(f)
+        raise InferError(f"{path} not found: --model must be an export directory written by python -m export, "
+                         "or a model file in one")
+    try:
+        with open(path) as f:
+            return model, json.load(f)
+    except json.JSONDecodeError as e:
+        raise InferError(f"{path}: not valid JSON ({e})") from None
 
 
 def read_label(path, num_classes, height, width, what="label map"):
@@ -51,18 +74,6 @@ def read_label(path, num_classes, height, width, what="label map"):
     return arr.astype(np.int32)
 
 
-def make_runner(model):
-    from export.exporter import run_onnx, run_saved_model, run_tflite
-
-    if os.path.isdir(model):
-        return lambda x: run_saved_model(model, x)
-    if model.endswith(".tflite"):
-        return lambda x: run_tflite(model, x)
-    if model.endswith(".onnx"):
-        return lambda x: run_onnx(model, x)
-    raise InferError(f"--model {model}: expected a SavedModel directory, a .tflite or a .onnx file")
-
-
 def list_pngs(path):
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(".png"))
@@ -77,10 +88,9 @@ def list_pngs(path):
 def run(args):
     from clade_tf import viz
     from clade_tf.data.icpe import icpe_distance_map
+    from clade_tf.export.runtime import load_runner
 
-    if not os.path.exists(args.model):
-        raise InferError(f"--model {args.model} not found")
-    report = load_contract(args.model)
+    model, report = resolve_model(args.model)
     gen = report["generator"]
     h, w = gen["image_height"], gen["image_width"]
     labels = list_pngs(args.labels)
@@ -94,7 +104,11 @@ def run(args):
     many = len(labels) > 1 or os.path.isdir(args.labels)
     if many:
         os.makedirs(args.out, exist_ok=True)
-    runner = make_runner(args.model)
+    try:
+        runner = load_runner(model)
+    except ValueError as e:
+        raise InferError(str(e)) from None
+    print(f"model: {model}")
     rng = np.random.default_rng(args.seed)
     for i, lp in enumerate(labels):
         lab = read_label(lp, gen["num_classes"], h, w)
@@ -114,8 +128,10 @@ def run(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m export.infer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="SavedModel dir, .tflite or .onnx from python -m export")
+                                formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="export directory of python -m export (its fp32 model), or a SavedModel dir / .tflite / "
+                        ".onnx in one")
     p.add_argument("--labels", required=True, help="label PNG or folder of them")
     p.add_argument("--instances", help="instance-id PNG or folder (models with instance edges)")
     p.add_argument("--out", required=True, help="output PNG (one input) or folder")

@@ -1,0 +1,124 @@
+"""Converters from a generator's serving function to each export format.
+
+TFLite uses builtin ops only (the converter fails loudly otherwise); ONNX is opset 17
+through tf2onnx, with `lean_tf2onnx` bounding its memory on full-size models.
+"""
+
+import contextlib
+import os
+
+import tensorflow as tf
+
+from clade_tf.export.runtime import FORMATS
+
+
+class ExportError(Exception):
+    """An export that cannot be produced or does not verify."""
+
+
+def serving_function(generator, batch):
+    """`(tf.function with a static input signature, input names in contract order)`."""
+    spec = generator.input_signature(batch)
+    names = list(spec)
+
+    def serve(*args):
+        inputs = dict(zip(names, args))
+        return {"image": generator(inputs, training=False)}
+
+    fn = tf.function(serve, input_signature=[spec[n] for n in names])
+    return fn, names
+
+
+def tflite_bytes(fn, names, kind, calibration=None):
+    """The `.tflite` flatbuffer of `kind` (`tflite-fp32`, `-fp16`, `-int8-dynamic`, `-int8`);
+    `calibration` (a list of input dicts) is the int8 representative dataset."""
+    cf = fn.get_concrete_function()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops
+    if kind == "tflite-fp16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif kind == "tflite-int8-dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif kind == "tflite-int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def representative():
+            for d in calibration:
+                for i in range(len(d["label"])):
+                    yield [d[n][i:i + 1] for n in names]
+
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        return conv.convert()
+    except Exception as e:  # the converter raises several types
+        msg = str(e).strip().splitlines()
+        raise ExportError(f"{kind}: TFLite conversion with builtin ops failed: {msg[-1] if msg else e}") from None
+
+
+def _update_node_proto(self, external_tensor_storage=None):
+    """`tf2onnx.graph.Node.update_proto` writing a fresh NodeProto instead of clearing and
+    refilling the old one: with the upb protobuf backend, cleared repeated fields stay in
+    the message's arena, so every optimizer pass kept one more copy of every weight."""
+    import onnx
+
+    old = self._op
+    op = onnx.NodeProto(name=old.name, op_type=old.op_type, domain=old.domain, doc_string=old.doc_string)
+    op.input.extend(self.input)
+    op.output.extend(self.output)
+    for attr_name, sub_graph in (self.get_body_graphs() or {}).items():
+        self.set_attr(attr_name, sub_graph.make_graph(f"graph for {self.name} {attr_name}",
+                                                      external_tensor_storage=external_tensor_storage))
+    op.attribute.extend(self.get_onnx_attrs(external_tensor_storage).values())
+    self._op = op
+
+
+@contextlib.contextmanager
+def lean_tf2onnx():
+    """Bounds tf2onnx 1.17's memory to a few copies of the weights (full-size SPADE went
+    past 21 GB, CLADE reached 12.4 GB; with this CLADE peaks at 6.8 GB, in TF's freezing):
+
+    - `Node.update_proto` rebuilds the node proto (see `_update_node_proto`);
+    - `TF2ONNX_CATCH_ERRORS` is set, so the optimizers run without a deep copy of the
+      whole graph before each pass (the copies piled up as cyclic garbage). A failing
+      optimizer then fails the export instead of being skipped; tf2onnx compares the
+      variable's name, not its value, so any value turns the catching off.
+    """
+    import tf2onnx.graph
+
+    saved_update, saved_env = tf2onnx.graph.Node.update_proto, os.environ.get("TF2ONNX_CATCH_ERRORS")
+    tf2onnx.graph.Node.update_proto = _update_node_proto
+    os.environ["TF2ONNX_CATCH_ERRORS"] = "false"
+    try:
+        yield
+    finally:
+        tf2onnx.graph.Node.update_proto = saved_update
+        if saved_env is None:
+            os.environ.pop("TF2ONNX_CATCH_ERRORS", None)
+        else:
+            os.environ["TF2ONNX_CATCH_ERRORS"] = saved_env
+
+
+def write_format(kind, path, fn, names, weights=(), calibration=None):
+    """Converts the serving function `fn` (from `serving_function`) to `kind` at `path`.
+    `weights`: the model's variables (SavedModel); `calibration`: int8 inputs."""
+    if kind not in FORMATS:
+        raise ExportError(f"unknown format {kind!r}; expected one of {', '.join(FORMATS)}")
+    if kind == "saved_model":
+        module = tf.Module()
+        # track the underlying tf.Variables so the SavedModel owns them
+        module.vars = [v.value if hasattr(v, "value") else v for v in weights]
+        module.serve = fn
+        tf.saved_model.save(module, path, signatures={"serving_default": fn})
+    elif kind == "onnx":
+        import tf2onnx
+
+        with lean_tf2onnx():
+            model, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17)
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+    else:
+        data = tflite_bytes(fn, names, kind, calibration)
+        with open(path, "wb") as f:
+            f.write(data)

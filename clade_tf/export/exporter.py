@@ -1,0 +1,171 @@
+"""Export a generator to SavedModel, TFLite (fp32 / fp16 / int8) and ONNX, verified.
+
+Every format has the same contract: inputs `label` int32 [N,H,W] and, where the
+configuration uses them, `instance` int32 [N,H,W], `dist` float32 [N,H,W,2],
+`z` float32 [N,256]; one output `image` float32 [N,H,W,3] in [-1, 1].
+The exported graph is the folded inference graph (`clade_tf.inference`).
+
+Verification (`report.json`): fp32 formats are compared with the Keras model and
+must be within `FP32_TOLERANCE` relative L2; fp16 / int8 formats are compared with
+the fp32 TFLite model's output (converted for the comparison even when `tflite-fp32`
+is not requested), so their error is the quantization error alone. Every entry also
+records `saturated_fraction`, the share of reference pixels with |y| > 0.99: where
+tanh saturates, small pre-tanh differences vanish, so a large fraction makes the
+comparison less meaningful.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from clade_tf.data import sources
+from clade_tf.data.icpe import icpe_distance_map
+from clade_tf.export.converters import ExportError, serving_function, write_format
+from clade_tf.export.runtime import FORMATS, FP32_FORMATS, check_formats, load_runner
+from clade_tf.inference import fold_for_inference
+
+FP32_TOLERANCE = 1e-4
+SATURATION = 0.99  # |image| above this counts as a saturated (tanh) output pixel
+CALIBRATION_SAMPLES = 32
+REFERENCE_TFLITE = ".fp32_reference.tflite"  # scratch fp32 TFLite when `tflite-fp32` is not requested
+
+
+def example_inputs(cfg, batch, seed=0, n_batches=1):
+    """Blocky random label/instance maps (+ ICPE maps, z) for verification and calibration."""
+    rng = np.random.default_rng(seed)
+    out = []
+    h, w = cfg.image_height, cfg.image_width
+    for _ in range(n_batches):
+        lab = rng.integers(0, cfg.num_classes, (batch, max(h // 8, 1), max(w // 8, 1)))
+        lab = np.kron(lab, np.ones((1, 8, 8), np.int64))[:, :h, :w].astype(np.int32)
+        d = {"label": lab}
+        if cfg.use_instance:
+            inst = rng.integers(0, 4, (batch, max(h // 16, 1), max(w // 16, 1)))
+            d["instance"] = np.kron(inst, np.ones((1, 16, 16), np.int64))[:, :h, :w].astype(np.int32)
+        if cfg.norm_mode == "clade-icpe":
+            d["dist"] = np.stack([icpe_distance_map(x) for x in lab]).astype(np.float32)
+        if cfg.use_vae:
+            d["z"] = rng.standard_normal((batch, cfg.z_dim)).astype(np.float32)
+        out.append(d)
+    return out
+
+
+def calibration_inputs(cfg, n=CALIBRATION_SAMPLES, data=None, seed=0, source_name="run data",
+                       unavailable="no training data given"):
+    """Int8 calibration inputs: `(list of input dicts, description, fallback reason or None)`.
+
+    The first `n` samples of the training stream of `data` (a `DataConfig`, with the
+    run's `seed`: the order and augmentation training sees) when it is given and
+    readable, else `n` blocky random label maps with the reason.
+    """
+    reason = unavailable
+    if data is not None:
+        try:
+            inputs = sources.first_samples(data, cfg, seed, n)
+            return [inputs], f"{source_name} ({len(inputs['label'])} samples)", None
+        except (ValueError, OSError) as e:  # no dataroot, missing folder, bad/absent samples
+            reason = str(e)
+    return example_inputs(cfg, 1, seed=2, n_batches=n), "random blocky labels", reason
+
+
+def compare(out, ref):
+    """`(relative L2 error, PSNR in dB for the [-1, 1] range)`."""
+    err = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))
+    mse = float(np.mean((out - ref) ** 2))
+    psnr = float(10 * np.log10(4.0 / mse)) if mse > 0 else float("inf")  # peak-to-peak 2
+    return err, psnr
+
+
+def report_entry(out, ref, reference):
+    err, psnr = compare(out, ref)
+    return {"rel_l2": err, "psnr_db": psnr, "reference": reference,
+            "saturated_fraction": float(np.mean(np.abs(ref) > SATURATION))}
+
+
+def conversion_order(formats):
+    """The formats to convert, fp32 TFLite first: it is the fp16 / int8 formats' reference."""
+    quantized = [k for k in formats if k not in FP32_FORMATS]
+    work = [k for k in formats if k != "tflite-fp32"]
+    if quantized or "tflite-fp32" in formats:
+        work.insert(0, "tflite-fp32")
+    return work
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir, force=False):
+    """Yields a temporary directory that replaces `out_dir` when the block succeeds and is
+    removed when it fails: a failed export leaves nothing behind."""
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
+        raise ExportError(f"--out {out_dir} exists and is not empty (use --force to replace it)")
+    tmp = f"{out_dir.rstrip('/')}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify(kind, out, reference, tflite_reference, what):
+    """The report entry of `kind`'s output `out`; fp32 formats must match the Keras model."""
+    if kind in FP32_FORMATS:
+        entry = report_entry(out, reference, "keras")
+        entry["ok"] = entry["rel_l2"] <= FP32_TOLERANCE
+        if not entry["ok"]:
+            raise ExportError(f"{what}: relative L2 error {entry['rel_l2']:.2e} vs the Keras model "
+                              f"exceeds {FP32_TOLERANCE:g}")
+        return entry
+    entry = report_entry(out, tflite_reference, "tflite fp32")
+    entry["ok"] = bool(np.isfinite(entry["rel_l2"]))
+    return entry
+
+
+def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
+           calibration_source=None):
+    """Writes the formats into `out_dir` (atomically) and returns the report dict.
+
+    `calibration`: int8 representative inputs (list of input dicts; default: 8 blocky
+    random label maps) and `calibration_source` its description for the report.
+    fp32 formats are verified against the Keras model, fp16 / int8 ones measured
+    against the fp32 TFLite model (see the module docstring).
+    """
+    check_formats(formats)
+    cfg = generator.config
+    folded = fold_for_inference(generator)
+    fn, names = serving_function(folded, batch)
+    check = example_inputs(cfg, batch, seed=1, n_batches=2)
+    check = {k: np.concatenate([d[k] for d in check]) for k in check[0]}
+    reference = generator({k: tf.constant(v) for k, v in check.items()}, training=False).numpy()
+    if calibration is None:
+        calibration, calibration_source = example_inputs(cfg, 1, seed=2, n_batches=8), "random blocky labels"
+    report = {"contract": {"inputs": names, "output": "image", "batch": batch,
+                           "height": cfg.image_height, "width": cfg.image_width},
+              "generator": cfg.to_dict(), "formats": {}}
+    if "tflite-int8" in formats:
+        report["calibration"] = calibration_source or "given inputs"
+    with atomic_directory(out_dir, force) as tmp:
+        entries, tflite_out = {}, None
+        for kind in conversion_order(formats):
+            name = FORMATS[kind] if kind in formats else REFERENCE_TFLITE
+            path = os.path.join(tmp, name)
+            write_format(kind, path, fn, names, folded.weights, calibration)
+            out = load_runner(path)(check)
+            what = name if kind in formats else "fp32 TFLite reference of the fp16/int8 formats"
+            entry = verify(kind, out, reference, tflite_out, what)
+            if kind == "tflite-fp32":
+                tflite_out = out
+            if kind in formats:
+                entries[kind] = entry
+            else:
+                os.remove(path)
+        report["formats"] = {FORMATS[k]: entries[k] for k in formats}
+        with open(os.path.join(tmp, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    return report
