@@ -1,6 +1,6 @@
 """Inference-only generators: training-time parameterisation folded away.
 
-`fold_for_inference(g)` returns a new `Generator` that computes what `g(...,
+`fold_for_inference(g)` returns a new generator that computes what `g(...,
 training=False)` computes, with:
 
 - spectral normalization folded into plain kernels (`kernel_orig / sigma` with the
@@ -11,17 +11,96 @@ training=False)` computes, with:
   so each CLADE layer is one lookup and one multiply-add;
 - no label-range assertion (exported graphs take it as a contract).
 
+The folded generator is an `InferenceGenerator`: a `Generator` whose blocks are
+`InferenceResnetBlock`s (plain convs; folded norms without a normalization layer),
+so the core layers carry no inference-only switches.
+
 CLADE-ICPE keeps its BatchNorm: the mean term is multiplied by `(1 + conv_g(dist))`
 but the shift by `(1 + conv_b(dist))`, so it does not fold into beta. SPADE keeps
 it too (its gamma is data-dependent). Instance norm has no statistics to fold.
 """
 
-import dataclasses
-
+import keras
 import numpy as np
+import tensorflow as tf
 
 from clade_tf.layers.normalization import AffineNorm, ClassAdaptiveNorm, SpatiallyAdaptiveNorm
+from clade_tf.layers.resblock import ResnetBlock
 from clade_tf.networks.generator import Generator
+
+
+def folds_batch_norm(norm_mode, param_free_norm):
+    """Whether the BatchNorm statistics fold into the modulation (see module doc)."""
+    return norm_mode in ("clade", "none") and param_free_norm in ("batch", "syncbatch")
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class Unnormalized(keras.layers.Layer):
+    """Stands in for the param-free norm whose statistics were folded into the modulation."""
+
+    def call(self, x, training=None):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class FoldedClassAdaptiveNorm(ClassAdaptiveNorm):
+    """CLADE with its BatchNorm folded into the tables: `x * gamma[label] + beta[label]`."""
+
+    def make_param_free_norm(self, kind):
+        return Unnormalized(name="param_free_norm", dtype=self.dtype_policy)
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class FoldedAffineNorm(AffineNorm):
+    """The `none` norm with its BatchNorm folded into the affine: `x * gamma + beta`."""
+
+    def make_param_free_norm(self, kind):
+        return Unnormalized(name="param_free_norm", dtype=self.dtype_policy)
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class InferenceResnetBlock(ResnetBlock):
+    """A `ResnetBlock` without spectral normalization (folded into the kernels) and,
+    where `folds_batch_norm`, with folded norms."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["spectral_norm"] = False
+        super().__init__(*args, **kwargs)
+
+    def make_norm(self, name):
+        if not folds_batch_norm(self.norm_mode, self.param_free_norm):
+            return super().make_norm(name)
+        if self.norm_mode == "clade":
+            return FoldedClassAdaptiveNorm(
+                self.num_classes, self.param_free_norm, use_instance_edge=self.use_instance_edge,
+                dtype=self.dtype_policy, name=name,
+            )
+        return FoldedAffineNorm(self.param_free_norm, dtype=self.dtype_policy, name=name)
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class InferenceGenerator(Generator):
+    """A `Generator` with the training-time parameterisation folded away and no
+    label-range assertion. Its weights come from `fold_for_inference`."""
+
+    def __init__(self, config, **kwargs):
+        kwargs["check_labels"] = False
+        super().__init__(config, **kwargs)
+
+    @property
+    def folds_batch_norm(self):
+        return folds_batch_norm(self.config.norm_mode, self.config.param_free_norm)
+
+    def make_block(self, fin, fout, name):
+        c = self.config
+        return InferenceResnetBlock(
+            fin, fout, norm_mode=c.norm_mode, num_classes=c.num_classes,
+            param_free_norm=c.param_free_norm, use_instance_edge=c.use_instance,
+            spade_hidden=c.spade_hidden, dtype=self.dtype_policy, name=name,
+        )
 
 
 def _bn_stats(norm):
@@ -74,14 +153,13 @@ def _fold_norm(src, dst, fold):
         raise TypeError(f"cannot fold {type(src).__name__}")
 
 
-def fold_for_inference(generator: Generator) -> Generator:
-    """A new, folded `Generator` equal to `generator` in inference (see module doc)."""
+def fold_for_inference(generator: Generator) -> InferenceGenerator:
+    """A new `InferenceGenerator` equal to `generator` in inference (see module doc)."""
     generator.build()
     c = generator.config
-    fold_bn = c.norm_mode in ("clade", "none") and c.param_free_norm in ("batch", "syncbatch")
-    cfg = dataclasses.replace(c, param_free_norm="identity") if fold_bn else c
-    out = Generator(cfg, check_labels=False, spectral_norm=False, name=generator.name)
+    out = InferenceGenerator(c, dtype=generator.dtype_policy, name=generator.name)
     out.build()
+    fold_bn = out.folds_batch_norm
     if c.use_vae:
         out.fc.kernel.assign(generator.fc.kernel.numpy())
         out.fc.bias.assign(generator.fc.bias.numpy())
@@ -94,3 +172,16 @@ def fold_for_inference(generator: Generator) -> Generator:
             _fold_norm(getattr(src, name), getattr(dst, name), fold_bn)
     _copy_conv(generator.conv_img, out.conv_img)
     return out
+
+
+def calibrate_batch_norm(generator, inputs):
+    """Sets every BatchNorm's moving statistics to those of one batch (momentum 0 for one
+    training-mode pass). Random-weight generators otherwise run inference with the
+    initial statistics (0, 1), i.e. unnormalized, and their activations explode."""
+    bns = [l for l in generator._flatten_layers() if l.__class__.__name__ == "BatchNormalization"]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    generator({k: tf.constant(v) for k, v in inputs.items()}, training=True)
+    for bn, m in zip(bns, saved):
+        bn.momentum = m

@@ -45,7 +45,7 @@ def test_folded_generator_equals_original_in_inference(mode, pfn):
     types = op_types(f)
     assert "Assert" not in types
     folded = pfn == "batch" and mode in ("clade", "none")
-    assert f.config.param_free_norm == ("identity" if folded else pfn)
+    assert f.config == cfg and f.folds_batch_norm == folded
     if folded:
         # each CLADE layer: lookup + multiply-add; no normalization ops left
         assert "Rsqrt" not in types and "FusedBatchNormV3" not in types

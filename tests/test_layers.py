@@ -83,7 +83,7 @@ def test_clade_equals_per_class_loop():
     k, c = 4, 6
     norm = make_clade(k, c)
     x, label = randn(2, 8, 8, c), randlabel(2, 8, 8, k)
-    y = norm(x, label).numpy()
+    y = norm(x, {"label": label}).numpy()
     xn = np_instance_norm(x.numpy())
     expected = np.zeros_like(xn)
     lab = label.numpy()
@@ -112,7 +112,8 @@ def test_icpe_zero_map_equals_clade_and_nonzero_map_modulates():
     clade.beta.assign(icpe.beta)
     x, label = randn(1, 8, 8, c), randlabel(1, 8, 8, k)
     zero = tf.zeros([1, 8, 8, 2])
-    np.testing.assert_allclose(icpe(x, label, dist=zero).numpy(), clade(x, label).numpy(), atol=1e-6)
+    np.testing.assert_allclose(icpe(x, {"label": label, "dist": zero}).numpy(),
+                               clade(x, {"label": label}).numpy(), atol=1e-6)
     # gamma' = gamma[label] * (1 + conv_g(dist)), beta' likewise
     dist = randn(1, 8, 8, 2)
     for conv in (icpe.dist_conv_gamma, icpe.dist_conv_beta):
@@ -125,14 +126,14 @@ def test_icpe_zero_map_equals_clade_and_nonzero_map_modulates():
     gam = icpe.gamma.numpy()[lab] * (1 + d @ wg + bg)
     bet = icpe.beta.numpy()[lab] * (1 + d @ wb + bb)
     expected = np_instance_norm(x.numpy()) * gam + bet
-    np.testing.assert_allclose(icpe(x, label, dist=dist).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(icpe(x, {"label": label, "dist": dist}).numpy(), expected, atol=1e-5)
     assert icpe.count_params() - clade.count_params() == 6  # two 1x1 convs 2->1 with bias
 
 
 def test_icpe_requires_dist():
     icpe = make_clade(use_icpe=True)
     with pytest.raises(ValueError, match="needs the `dist` map"):
-        icpe(randn(1, 8, 8, 6), randlabel(1, 8, 8, 4))
+        icpe(randn(1, 8, 8, 6), {"label": randlabel(1, 8, 8, 4)})
 
 
 def test_clade_instance_edge_channel_appended_after_modulation():
@@ -140,16 +141,16 @@ def test_clade_instance_edge_channel_appended_after_modulation():
     norm = make_clade(k, c, use_instance_edge=True)
     x, label = randn(1, 8, 8, c), randlabel(1, 8, 8, k)
     edge = tf.cast(randlabel(1, 8, 8, 2)[..., None], tf.float32)
-    y = norm(x, label, edge=edge).numpy()
+    y = norm(x, {"label": label, "edge": edge}).numpy()
     assert y.shape == (1, 8, 8, c + 1)
     plain = make_clade(k, c)
     plain.gamma.assign(norm.gamma)
     plain.beta.assign(norm.beta)
-    np.testing.assert_allclose(y[..., :c], plain(x, label).numpy(), atol=1e-6)
+    np.testing.assert_allclose(y[..., :c], plain(x, {"label": label}).numpy(), atol=1e-6)
     w, b = norm.edge_conv.kernel.numpy().item(), norm.edge_conv.bias.numpy().item()
     np.testing.assert_allclose(y[..., c], edge.numpy()[..., 0] * w + b, atol=1e-6)
     with pytest.raises(ValueError, match="needs the `edge` map"):
-        norm(x, label)
+        norm(x, {"label": label})
 
 
 # --- SPADE -----------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def test_spade_shapes_and_formula():
     norm = SpatiallyAdaptiveNorm("instance")
     x = randn(2, 8, 8, c)
     seg = tf.one_hot(randlabel(2, 8, 8, k), k)
-    y = norm(x, seg)
+    y = norm(x, {"segmap": seg})
     assert y.shape == (2, 8, 8, c)
     assert norm.mlp_shared.kernel.shape == (3, 3, k, 128)
     assert norm.mlp_gamma_conv.kernel.shape == (3, 3, 128, c)
@@ -328,9 +329,10 @@ def test_resblock_forward_equals_manual_composition():
     def lrelu(t):
         return tf.nn.leaky_relu(t, 0.2)
 
-    xs = blk.conv_s(blk.norm_s(x, label))
-    dx = blk.conv_0(lrelu(blk.norm_0(x, label)))
-    dx = blk.conv_1(lrelu(blk.norm_1(dx, label)))
+    cond = {"label": label}
+    xs = blk.conv_s(blk.norm_s(x, cond))
+    dx = blk.conv_0(lrelu(blk.norm_0(x, cond)))
+    dx = blk.conv_1(lrelu(blk.norm_1(dx, cond)))
     np.testing.assert_allclose(y.numpy(), (xs + dx).numpy(), atol=1e-5)
 
 
@@ -342,7 +344,7 @@ def test_resblock_forward_equals_manual_composition():
         (Conv2D(4, 3, strides=2, padding=1, use_bias=False, spectral_norm=True), ((1, 8, 8, 2),)),
         (ParamFreeNorm("batch"), ((1, 4, 4, 3),)),
         (ClassAdaptiveNorm(5, "instance", use_instance_edge=True, use_icpe=True), ((1, 4, 4, 3),)),
-        (SpatiallyAdaptiveNorm("batch", hidden=16, kernel_size=3), ((1, 4, 4, 3), (1, 4, 4, 5))),
+        (SpatiallyAdaptiveNorm("batch", hidden=16, kernel_size=3), ((1, 4, 4, 3), {"segmap": (1, 4, 4, 5)})),
         (AffineNorm("syncbatch"), ((1, 4, 4, 3),)),
         (ResnetBlock(4, 2, "clade-icpe", 5, "instance", True, 16), ((1, 4, 4, 4),)),
     ],

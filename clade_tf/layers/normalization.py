@@ -1,7 +1,16 @@
-"""Normalization layers: parameter-free norms, CLADE, CLADE-ICPE, SPADE and plain affine.
+"""Normalization layers: parameter-free norms, and the conditional norms of the
+generator (CLADE, CLADE-ICPE, SPADE, plain affine).
 
-All layers take NHWC float tensors. Label maps are int32 `[N, H, W]` already at the
-layer's resolution (the generator builds the pyramid once per forward pass).
+All layers take NHWC float tensors. Every conditional norm is called as
+`norm(x, cond)`, where `cond` is the generator's label-pyramid level at x's
+resolution (`Generator.pyramid` builds it once per forward pass):
+
+- `label`: int32 `[N, H, W]` class ids;
+- `edge`: float `[N, H, W, 1]` instance-boundary map (models with instances);
+- `dist`: float `[N, H, W, 2]` intra-class positional map (CLADE-ICPE);
+- `segmap`: float `[N, H, W, S]` one-hot labels (+ edge channel), for SPADE.
+
+Each norm reads only the keys it needs.
 """
 
 import keras
@@ -10,9 +19,8 @@ import tensorflow as tf
 from clade_tf.layers.conv import Conv2D
 
 PARAM_FREE_NORMS = ("syncbatch", "batch", "instance")
-# "identity": inference graphs whose BatchNorm statistics were folded into the
-# modulation (see `clade_tf.inference.fold_for_inference`).
-_KINDS = PARAM_FREE_NORMS + ("identity",)
+# The name `clade_tf.config` validates against.
+_KINDS = PARAM_FREE_NORMS
 
 # PyTorch defaults: eps 1e-5, momentum 0.1 (running = 0.9 * running + 0.1 * batch).
 EPSILON = 1e-5
@@ -30,6 +38,9 @@ class ParamFreeNorm(keras.layers.Layer):
             with 4-D ops only so it converts cleanly to TFLite/ONNX).
         epsilon: variance epsilon (PyTorch: 1e-5).
 
+    Under mixed precision the moments are computed in float32 (BatchNormalization
+    does the same).
+
     Known difference: Keras updates the moving variance with the biased batch
     variance, PyTorch with the unbiased one (factor n/(n-1)). Normalization in
     training and inference with given statistics is identical.
@@ -40,7 +51,7 @@ class ParamFreeNorm(keras.layers.Layer):
 
     def __init__(self, kind="syncbatch", epsilon=EPSILON, **kwargs):
         super().__init__(**kwargs)
-        if kind not in _KINDS:
+        if kind not in PARAM_FREE_NORMS:
             raise ValueError(
                 f"param-free norm {kind!r} is not one of {', '.join(PARAM_FREE_NORMS)}"
             )
@@ -54,6 +65,7 @@ class ParamFreeNorm(keras.layers.Layer):
                 center=False,
                 scale=False,
                 synchronized=(kind == "syncbatch"),
+                dtype=self.dtype_policy,
                 name="bn",
             )
 
@@ -64,8 +76,6 @@ class ParamFreeNorm(keras.layers.Layer):
     def call(self, x, training=None):
         if self.bn is not None:
             return self.bn(x, training=training)
-        if self.kind == "identity":
-            return x
         dtype = x.dtype
         x = tf.cast(x, tf.float32)  # moments in float32 (mixed precision)
         mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
@@ -89,8 +99,54 @@ def _shape_elements(shape):
     return n
 
 
+class ConditionalNorm(keras.layers.Layer):
+    """Base of the generator's normalizations: `out = modulate(norm(x), cond)`.
+
+    Subclasses implement `call(x, cond, training=None)`, reading what they need
+    from `cond` (see the module doc), and `build(x_shape, cond_shape=None)`
+    (`cond_shape`: the dict of the maps' shapes; the maps share x's N, H, W).
+
+    Args:
+        param_free_norm: `"syncbatch"`, `"batch"` or `"instance"`: the
+            normalization before the modulation (attribute `norm`).
+    """
+
+    def __init__(self, param_free_norm="syncbatch", **kwargs):
+        super().__init__(**kwargs)
+        self.param_free_norm = param_free_norm
+        self.norm = self.make_param_free_norm(param_free_norm)
+
+    def make_param_free_norm(self, kind):
+        """The layer behind `self.norm`. Inference layers whose normalization is
+        folded into the modulation override this (`clade_tf.inference`)."""
+        return ParamFreeNorm(kind, name="param_free_norm", dtype=self.dtype_policy)
+
+    def build(self, x_shape, cond_shape=None):
+        self.norm.build(x_shape)
+
+    def call(self, x, cond, training=None):
+        raise NotImplementedError
+
+    def _cond(self, cond, key, what):
+        if not isinstance(cond, dict) or cond.get(key) is None:
+            raise ValueError(f"{self.name}: {what} needs the `{key}` map")
+        return cond[key]
+
+    def elementwise_ops(self, input_shape):
+        """Elementwise ops of the modulation for one sample (normalization excluded)."""
+        raise NotImplementedError
+
+    def compute_output_shape(self, x_shape, cond_shape=None):
+        return tuple(x_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(param_free_norm=self.param_free_norm)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="clade_tf")
-class ClassAdaptiveNorm(keras.layers.Layer):
+class ClassAdaptiveNorm(ConditionalNorm):
     """CLADE: class-adaptive (de)normalization, `out = norm(x) * gamma[label] + beta[label]`.
 
     The modulation tables `gamma`, `beta` have shape `[num_classes, channels]`;
@@ -111,9 +167,13 @@ class ClassAdaptiveNorm(keras.layers.Layer):
         use_instance_edge: append the conv'd instance edge channel.
         use_icpe: enable the intra-class positional encoding.
 
+    Call args:
+        x: `[N, H, W, C]` activations.
+        cond: dict with `label`, and `dist` (CLADE-ICPE) / `edge` (instance edge).
+
     Example:
     >>> norm = ClassAdaptiveNorm(num_classes=4, param_free_norm="instance")
-    >>> y = norm(tf.random.normal([1, 8, 8, 16]), tf.zeros([1, 8, 8], tf.int32))
+    >>> y = norm(tf.random.normal([1, 8, 8, 16]), {"label": tf.zeros([1, 8, 8], tf.int32)})
     """
 
     def __init__(
@@ -124,22 +184,19 @@ class ClassAdaptiveNorm(keras.layers.Layer):
         use_icpe=False,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(param_free_norm, **kwargs)
         self.num_classes = int(num_classes)
-        self.param_free_norm = param_free_norm
         self.use_instance_edge = bool(use_instance_edge)
         self.use_icpe = bool(use_icpe)
-        self.norm = ParamFreeNorm(param_free_norm, name="param_free_norm")
         if self.use_icpe:
-            self.dist_conv_gamma = Conv2D(1, 1, name="dist_conv_gamma")
-            self.dist_conv_beta = Conv2D(1, 1, name="dist_conv_beta")
+            self.dist_conv_gamma = Conv2D(1, 1, dtype=self.dtype_policy, name="dist_conv_gamma")
+            self.dist_conv_beta = Conv2D(1, 1, dtype=self.dtype_policy, name="dist_conv_beta")
         if self.use_instance_edge:
-            self.edge_conv = Conv2D(1, 1, name="edge_conv")
+            self.edge_conv = Conv2D(1, 1, dtype=self.dtype_policy, name="edge_conv")
 
-    def build(self, x_shape, label_shape=None, edge_shape=None, dist_shape=None):
-        input_shape = x_shape
-        channels = int(input_shape[-1])
-        self.norm.build(input_shape)
+    def build(self, x_shape, cond_shape=None):
+        super().build(x_shape)
+        channels = int(x_shape[-1])
         self.gamma = self.add_weight(
             shape=(self.num_classes, channels),
             initializer=keras.initializers.RandomUniform(0.0, 1.0),
@@ -148,7 +205,7 @@ class ClassAdaptiveNorm(keras.layers.Layer):
         self.beta = self.add_weight(
             shape=(self.num_classes, channels), initializer="zeros", name="beta"
         )
-        spatial = tuple(input_shape[:-1])
+        spatial = tuple(x_shape[:-1])
         if self.use_icpe:
             self.dist_conv_gamma.build(spatial + (2,))
             self.dist_conv_beta.build(spatial + (2,))
@@ -167,17 +224,17 @@ class ClassAdaptiveNorm(keras.layers.Layer):
             beta = beta * (1.0 + self.dist_conv_beta(dist))
         return gamma, beta
 
-    def call(self, x, label, edge=None, dist=None, training=None):
+    def call(self, x, cond, training=None):
+        label = self._cond(cond, "label", "CLADE")
+        dist = self._cond(cond, "dist", "CLADE-ICPE") if self.use_icpe else None
         gamma, beta = self.modulation(label, dist, x.dtype)
         out = self.norm(x, training=training) * gamma + beta
         if self.use_instance_edge:
-            if edge is None:
-                raise ValueError(f"{self.name}: instance-edge CLADE needs the `edge` map")
+            edge = self._cond(cond, "edge", "instance-edge CLADE")
             out = tf.concat([out, self.edge_conv(tf.cast(edge, x.dtype))], axis=-1)
         return out
 
     def elementwise_ops(self, input_shape):
-        """Elementwise ops of the modulation for one sample (normalization excluded)."""
         chw = _shape_elements(input_shape)
         hw = chw // int(input_shape[-1])
         ops = 2 * chw  # * gamma, + beta
@@ -185,15 +242,14 @@ class ClassAdaptiveNorm(keras.layers.Layer):
             ops += 2 * chw + 2 * hw  # gamma * (1 + .), beta * (1 + .)
         return ops
 
-    def compute_output_shape(self, input_shape, *args, **kwargs):
+    def compute_output_shape(self, x_shape, cond_shape=None):
         extra = 1 if self.use_instance_edge else 0
-        return tuple(input_shape[:-1]) + (input_shape[-1] + extra,)
+        return tuple(x_shape[:-1]) + (x_shape[-1] + extra,)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             num_classes=self.num_classes,
-            param_free_norm=self.param_free_norm,
             use_instance_edge=self.use_instance_edge,
             use_icpe=self.use_icpe,
         )
@@ -201,7 +257,7 @@ class ClassAdaptiveNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="clade_tf")
-class SpatiallyAdaptiveNorm(keras.layers.Layer):
+class SpatiallyAdaptiveNorm(ConditionalNorm):
     """SPADE: `out = norm(x) * (1 + gamma(seg)) + beta(seg)` with gamma, beta predicted
     by convolutions over the semantic map (the baseline CLADE replaces).
 
@@ -215,38 +271,43 @@ class SpatiallyAdaptiveNorm(keras.layers.Layer):
 
     Call args:
         x: `[N, H, W, C]` activations.
-        segmap: `[N, H, W, S]` float semantic map at the same resolution (one-hot
-            labels, plus the instance edge channel where configured).
+        cond: dict with `segmap`, the `[N, H, W, S]` float semantic map at the same
+            resolution (one-hot labels, plus the instance edge channel where configured).
 
     Example:
     >>> norm = SpatiallyAdaptiveNorm("instance")
-    >>> y = norm(tf.random.normal([1, 8, 8, 16]), tf.one_hot(tf.zeros([1, 8, 8], tf.int32), 4))
+    >>> seg = tf.one_hot(tf.zeros([1, 8, 8], tf.int32), 4)
+    >>> y = norm(tf.random.normal([1, 8, 8, 16]), {"segmap": seg})
     """
 
     def __init__(self, param_free_norm="syncbatch", hidden=128, kernel_size=3, **kwargs):
-        super().__init__(**kwargs)
-        self.param_free_norm = param_free_norm
+        super().__init__(param_free_norm, **kwargs)
         self.hidden = int(hidden)
         self.kernel_size = int(kernel_size)
-        pad = self.kernel_size // 2
-        self.norm = ParamFreeNorm(param_free_norm, name="param_free_norm")
-        self.mlp_shared = Conv2D(self.hidden, self.kernel_size, padding=pad, name="mlp_shared")
+        self.mlp_shared = self._conv(self.hidden, "mlp_shared")
+        # Their width is x's channel count, known at build.
         self.mlp_gamma_conv = None
         self.mlp_beta_conv = None
 
-    def build(self, x_shape, segmap_shape):
-        input_shape = x_shape
-        channels = int(input_shape[-1])
-        pad = self.kernel_size // 2
-        self.norm.build(input_shape)
+    def _conv(self, filters, name):
+        return Conv2D(filters, self.kernel_size, padding=self.kernel_size // 2,
+                      dtype=self.dtype_policy, name=name)
+
+    def build(self, x_shape, cond_shape=None):
+        if not isinstance(cond_shape, dict) or cond_shape.get("segmap") is None:
+            raise ValueError(f"{self.name}: SPADE needs the `segmap` map's shape to build")
+        super().build(x_shape)
+        channels = int(x_shape[-1])
+        segmap_shape = tuple(cond_shape["segmap"])
         self.mlp_shared.build(segmap_shape)
-        hidden_shape = tuple(segmap_shape[:-1]) + (self.hidden,)
-        self.mlp_gamma_conv = Conv2D(channels, self.kernel_size, padding=pad, name="mlp_gamma")
-        self.mlp_beta_conv = Conv2D(channels, self.kernel_size, padding=pad, name="mlp_beta")
+        hidden_shape = segmap_shape[:-1] + (self.hidden,)
+        self.mlp_gamma_conv = self._conv(channels, "mlp_gamma")
+        self.mlp_beta_conv = self._conv(channels, "mlp_beta")
         self.mlp_gamma_conv.build(hidden_shape)
         self.mlp_beta_conv.build(hidden_shape)
 
-    def call(self, x, segmap, training=None):
+    def call(self, x, cond, training=None):
+        segmap = self._cond(cond, "segmap", "SPADE")
         actv = tf.nn.relu(self.mlp_shared(tf.cast(segmap, x.dtype)))
         gamma = self.mlp_gamma_conv(actv)
         beta = self.mlp_beta_conv(actv)
@@ -255,39 +316,28 @@ class SpatiallyAdaptiveNorm(keras.layers.Layer):
     def elementwise_ops(self, input_shape):
         return 3 * _shape_elements(input_shape)  # 1 + gamma, *, + beta
 
-    def compute_output_shape(self, input_shape, segmap_shape=None):
-        return input_shape
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            param_free_norm=self.param_free_norm,
-            hidden=self.hidden,
-            kernel_size=self.kernel_size,
-        )
+        config.update(hidden=self.hidden, kernel_size=self.kernel_size)
         return config
 
 
 @keras.saving.register_keras_serializable(package="clade_tf")
-class AffineNorm(keras.layers.Layer):
+class AffineNorm(ConditionalNorm):
     """Plain normalization with a per-channel affine (no label conditioning).
 
     The `none` norm mode of the generator: the unconditional backbone that
     CLADE and SPADE overheads are measured against. Affine initialised as the
     official `init_weights` does for BatchNorm (gamma ~ N(1, 0.02), beta = 0).
+    `cond` is accepted, for the common interface, and ignored.
 
     Args:
         param_free_norm: `"syncbatch"`, `"batch"` or `"instance"`.
     """
 
-    def __init__(self, param_free_norm="syncbatch", **kwargs):
-        super().__init__(**kwargs)
-        self.param_free_norm = param_free_norm
-        self.norm = ParamFreeNorm(param_free_norm, name="param_free_norm")
-
-    def build(self, input_shape):
-        channels = int(input_shape[-1])
-        self.norm.build(input_shape)
+    def build(self, x_shape, cond_shape=None):
+        super().build(x_shape)
+        channels = int(x_shape[-1])
         self.gamma = self.add_weight(
             shape=(channels,),
             initializer=keras.initializers.RandomNormal(1.0, 0.02),
@@ -295,18 +345,10 @@ class AffineNorm(keras.layers.Layer):
         )
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
 
-    def call(self, x, training=None):
+    def call(self, x, cond=None, training=None):
         return self.norm(x, training=training) * tf.cast(self.gamma, x.dtype) + tf.cast(
             self.beta, x.dtype
         )
 
     def elementwise_ops(self, input_shape):
         return 2 * _shape_elements(input_shape)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(param_free_norm=self.param_free_norm)
-        return config

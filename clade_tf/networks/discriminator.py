@@ -42,17 +42,20 @@ class NLayerDiscriminator(keras.layers.Layer):
         self.ndf = int(ndf)
         self.convs, self.norms = [], []
         nf = self.ndf
-        self.convs.append(Conv2D(nf, 4, strides=2, padding=2, name="model0_conv"))
+        dt = self.dtype_policy
+        self.convs.append(Conv2D(nf, 4, strides=2, padding=2, dtype=dt, name="model0_conv"))
         self.norms.append(None)
         for n in range(1, self.n_layers):
             nf = min(nf * 2, 512)
             stride = 1 if n == self.n_layers - 1 else 2
             self.convs.append(
                 Conv2D(nf, 4, strides=stride, padding=2, use_bias=False, spectral_norm=True,
-                       name=f"model{n}_conv")
+                       dtype=dt, name=f"model{n}_conv")
             )
-            self.norms.append(ParamFreeNorm("instance", name=f"model{n}_norm"))
-        self.convs.append(Conv2D(1, 4, strides=1, padding=2, name=f"model{self.n_layers}_conv"))
+            self.norms.append(ParamFreeNorm("instance", dtype=dt, name=f"model{n}_norm"))
+        self.convs.append(
+            Conv2D(1, 4, strides=1, padding=2, dtype=dt, name=f"model{self.n_layers}_conv")
+        )
         self.norms.append(None)
 
     def build(self, input_shape):
@@ -73,6 +76,14 @@ class NLayerDiscriminator(keras.layers.Layer):
                 x = tf.nn.leaky_relu(x, 0.2)
             feats.append(x)
         return feats
+
+    def compute_output_shape(self, input_shape):
+        shapes = []
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            shape = conv.compute_output_shape(shape)
+            shapes.append(shape)
+        return shapes
 
     def get_config(self):
         config = super().get_config()
@@ -105,11 +116,14 @@ class MultiscaleDiscriminator(keras.Model):
             config = DiscriminatorConfig(**config)
         self.config = config
         self.scales = [
-            NLayerDiscriminator(config.n_layers, config.ndf, name=f"discriminator_{i}")
+            NLayerDiscriminator(config.n_layers, config.ndf, dtype=self.dtype_policy,
+                                name=f"discriminator_{i}")
             for i in range(config.num_d)
         ]
 
     def build(self, input_shape):
+        if self.built:
+            return
         for d in self.scales:
             d.build(input_shape)
         self.built = True
@@ -123,7 +137,9 @@ class MultiscaleDiscriminator(keras.Model):
         return results
 
     def get_config(self):
-        return {"config": self.config.to_dict(), "name": self.name}
+        config = super().get_config()
+        config.update(config=self.config.to_dict())
+        return config
 
     @classmethod
     def from_config(cls, config):

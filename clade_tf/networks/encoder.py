@@ -36,15 +36,22 @@ class ConvEncoder(keras.Model):
         widths = [ngf, ngf * 2, ngf * 4, ngf * 8, ngf * 8, ngf * 8]
         self.convs = [
             Conv2D(w, 3, strides=2, padding=1, use_bias=False, spectral_norm=True,
-                   name=f"layer{i + 1}")
+                   dtype=self.dtype_policy, name=f"layer{i + 1}")
             for i, w in enumerate(widths)
         ]
-        self.norms = [ParamFreeNorm("instance", name=f"layer{i + 1}_norm") for i in range(6)]
+        self.norms = [ParamFreeNorm("instance", dtype=self.dtype_policy, name=f"layer{i + 1}_norm")
+                      for i in range(6)]
         self.s0 = self.input_size // 64
-        self.fc_mu = keras.layers.Dense(z_dim, kernel_initializer=xavier_normal(), name="fc_mu")
-        self.fc_var = keras.layers.Dense(z_dim, kernel_initializer=xavier_normal(), name="fc_var")
+        self.fc_mu = self._dense("fc_mu")
+        self.fc_var = self._dense("fc_var")
+
+    def _dense(self, name):
+        return keras.layers.Dense(self.z_dim, kernel_initializer=xavier_normal(),
+                                  dtype=self.dtype_policy, name=name)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         shape = (None, self.input_size, self.input_size, 3)
         for conv, norm in zip(self.convs, self.norms):
             conv.build(shape)
@@ -63,6 +70,10 @@ class ConvEncoder(keras.Model):
         x = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [-1, self.ngf * 8 * self.s0 * self.s0])
         return self.fc_mu(x), self.fc_var(x)
 
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.z_dim), (input_shape[0], self.z_dim)
+
     def get_config(self):
-        return {"ngf": self.ngf, "z_dim": self.z_dim, "input_size": self.input_size,
-                "name": self.name}
+        config = super().get_config()
+        config.update(ngf=self.ngf, z_dim=self.z_dim, input_size=self.input_size)
+        return config

@@ -47,9 +47,7 @@ class Generator(keras.Model):
     Args:
         config: a `GeneratorConfig` (or its dict form).
         check_labels: raise on labels outside `[0, num_classes)` (a graph
-            assertion; exporters may turn it off).
-        spectral_norm: spectral-normalize the residual blocks' convs (official);
-            False only for folded inference generators (`clade_tf.inference`).
+            assertion; profiling and folded inference generators turn it off).
 
     Example:
     >>> from clade_tf import GeneratorConfig, Generator
@@ -58,41 +56,43 @@ class Generator(keras.Model):
     >>> img = g({"label": tf.zeros([1, 64, 64], tf.int32)})  # [1, 64, 64, 3] in [-1, 1]
     """
 
-    def __init__(self, config, check_labels=True, spectral_norm=True, **kwargs):
+    def __init__(self, config, check_labels=True, **kwargs):
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = GeneratorConfig.from_dict(config)
         self.config = config
         self.check_labels = bool(check_labels)
-        self.spectral_norm = bool(spectral_norm)
         c = config
         nf = c.ngf
         self.sh, self.sw = c.latent_size
         if c.use_vae:
             self.fc = keras.layers.Dense(
-                16 * nf * self.sh * self.sw, kernel_initializer=xavier_normal(), name="fc"
+                16 * nf * self.sh * self.sw, kernel_initializer=xavier_normal(),
+                dtype=self.dtype_policy, name="fc",
             )
         else:
-            self.fc = Conv2D(16 * nf, 3, padding=1, name="fc")
-
-        def block(fin, fout, name):
-            return ResnetBlock(
-                fin, fout, norm_mode=c.norm_mode, num_classes=c.num_classes,
-                param_free_norm=c.param_free_norm, use_instance_edge=c.use_instance,
-                spade_hidden=c.spade_hidden, spectral_norm=self.spectral_norm, name=name,
-            )
-
+            self.fc = Conv2D(16 * nf, 3, padding=1, dtype=self.dtype_policy, name="fc")
         specs = [
             ("head_0", 16, 16), ("G_middle_0", 16, 16), ("G_middle_1", 16, 16),
             ("up_0", 16, 8), ("up_1", 8, 4), ("up_2", 4, 2), ("up_3", 2, 1),
         ]
-        self.blocks = [block(fin * nf, fout * nf, name) for name, fin, fout in specs]
+        self.blocks = [self.make_block(fin * nf, fout * nf, name) for name, fin, fout in specs]
         final_nc = nf
         if c.num_upsampling_layers == "most":
-            self.blocks.append(block(nf, nf // 2, "up_4"))
+            self.blocks.append(self.make_block(nf, nf // 2, "up_4"))
             final_nc = nf // 2
         self.final_nc = final_nc
-        self.conv_img = Conv2D(3, 3, padding=1, name="conv_img")
+        self.conv_img = Conv2D(3, 3, padding=1, dtype=self.dtype_policy, name="conv_img")
+
+    def make_block(self, fin, fout, name):
+        """One residual block. Inference generators override this to build blocks
+        without the training-time parameterisation (`clade_tf.inference`)."""
+        c = self.config
+        return ResnetBlock(
+            fin, fout, norm_mode=c.norm_mode, num_classes=c.num_classes,
+            param_free_norm=c.param_free_norm, use_instance_edge=c.use_instance,
+            spade_hidden=c.spade_hidden, dtype=self.dtype_policy, name=name,
+        )
 
     # -- structure -------------------------------------------------------------------
     def block_strides(self):
@@ -225,13 +225,15 @@ class Generator(keras.Model):
         return spec
 
     def get_config(self):
-        return {
-            "config": self.config.to_dict(),
-            "check_labels": self.check_labels,
-            "spectral_norm": self.spectral_norm,
-            "name": self.name,
-        }
+        config = super().get_config()
+        config.update(config=self.config.to_dict(), check_labels=self.check_labels)
+        return config
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        # Saved by earlier versions; only spectral generators were saved.
+        if not config.pop("spectral_norm", True):
+            raise ValueError("a folded generator (spectral_norm=False) cannot be loaded as a "
+                             "Generator; save the original and call fold_for_inference")
         return cls(**config)
