@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from clade_tf import presets
-from train.checkpoint import list_checkpoints
-from train.config import TrainConfig
+from clade_tf.config import MonitorConfig, OptimConfig
+from clade_tf.rundir import RunDirectory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
@@ -30,33 +30,37 @@ def tiny_preset(monkeypatch):
     monkeypatch.setitem(presets.PRESETS, "synthetic", TINY)
 
 
-def tiny_cfg(out, **kw):
-    base = dict(out=str(out), steps=4, batch_size=4, checkpoint_every=2, log_every=1, image_every=2,
-                synthetic_length=16)
-    base.update(kw)
-    return TrainConfig(**base)
+def list_checkpoints(run_dir):
+    return RunDirectory(run_dir).checkpoints()
+
+
+def tiny_cfg(steps=4, norm="clade", **optim):
+    """The tiny synthetic run configuration (16 samples, batch 4)."""
+    return TINY.run_config(norm, optim=OptimConfig(batch_size=4, steps=steps, **optim),
+                           monitor=MonitorConfig(checkpoint_every=2, log_every=1, image_every=2),
+                           data={"synthetic_length": 16})
 
 
 def weights(model):
     return [v.numpy().copy() for v in model.weights]
 
 
-def run_quiet(cfg, **kw):
+def run_quiet(cfg, out, **kw):
     from train.run import run
 
-    return run(cfg, verbose=0, **kw)
+    return run(cfg, str(out), verbose=0, **kw)
 
 
 def test_resume_continues_step_count_weights_and_data(tiny_preset, tmp_path):
     from clade_tf import Generator
 
     # interrupted: 4 steps, then continued to 6
-    a = run_quiet(tiny_cfg(tmp_path / "a", steps=4))
+    a = run_quiet(tiny_cfg(steps=4), tmp_path / "a")
     assert a["final_step"] == 4 and [s for s, _ in list_checkpoints(tmp_path / "a")] == [2, 4]
-    b = run_quiet(tiny_cfg(tmp_path / "a", steps=6))
+    b = run_quiet(tiny_cfg(steps=6), tmp_path / "a")
     assert b["start_step"] == 4 and b["final_step"] == 6
     # uninterrupted: 6 steps
-    c = run_quiet(tiny_cfg(tmp_path / "c", steps=6))
+    c = run_quiet(tiny_cfg(steps=6), tmp_path / "c")
     assert c["start_step"] == 0 and c["final_step"] == 6
     ga = keras.models.load_model(str(tmp_path / "a" / "generator.keras"))
     gc = keras.models.load_model(str(tmp_path / "c" / "generator.keras"))
@@ -71,16 +75,17 @@ def test_resume_continues_step_count_weights_and_data(tiny_preset, tmp_path):
     assert any(not np.allclose(x, y) for x, y in zip(weights(ga), weights(g0)))
     # config.json lets export rebuild the model without flags
     rec = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert rec["generator"] == ga.config.to_dict() and rec["train"]["steps"] == 6
+    assert rec["generator"] == ga.config.to_dict() and rec["optim"]["steps"] == 6
+    assert RunDirectory(tmp_path / "a").read_config() == tiny_cfg(steps=6)  # round trip
     # nothing more to do at the total
-    d = run_quiet(tiny_cfg(tmp_path / "a", steps=6))
-    assert d["final_step"] == 6 and d["start_step"] == 6
+    d = run_quiet(tiny_cfg(steps=6), tmp_path / "a")
+    assert d["final_step"] == 6 and d["start_step"] == 6 and d["nothing_to_do"]
 
 
 def test_tensorboard_has_losses_lrs_images_and_fidelity(tiny_preset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    s = run_quiet(tiny_cfg(tmp_path / "r", steps=2))
+    s = run_quiet(tiny_cfg(steps=2), tmp_path / "r")
     assert s["fidelity_init"] is not None and 0 <= s["fidelity_final"] <= 1
     logdir = tmp_path / "r" / "logs" / "train"
     acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0, "images": 0})
@@ -97,15 +102,18 @@ def test_tensorboard_has_losses_lrs_images_and_fidelity(tiny_preset, tmp_path):
 def test_run_dir_with_other_settings_is_refused(tiny_preset, tmp_path):
     from train.run import UsageError
 
-    run_quiet(tiny_cfg(tmp_path / "r", steps=2))
-    with pytest.raises(UsageError, match=r"different settings: .*norm \('clade' -> 'spade'\)"):
-        run_quiet(tiny_cfg(tmp_path / "r", steps=4, norm="spade"))
+    run_quiet(tiny_cfg(steps=2), tmp_path / "r")
+    with pytest.raises(UsageError, match=r"different settings: generator architecture: norm_mode \('clade' -> 'spade'\)"):
+        run_quiet(tiny_cfg(steps=4, norm="spade"), tmp_path / "r")
+    with pytest.raises(UsageError, match=r"different settings: batch_size \(4 -> 2\)"):
+        run_quiet(TINY.run_config(optim=OptimConfig(batch_size=2, steps=4), data={"synthetic_length": 16}),
+                  tmp_path / "r")
     with pytest.raises(UsageError, match="--resume: no checkpoint"):
-        run_quiet(tiny_cfg(tmp_path / "empty", steps=2), resume_required=True)
+        run_quiet(tiny_cfg(steps=2), tmp_path / "empty", resume_required=True)
 
 
 def test_linear_decay_schedule():
-    from train.callbacks import LinearDecay
+    from clade_tf.gan import LinearDecay
 
     s = LinearDecay(1e-4, 100, 200)
     assert float(s(0)) == pytest.approx(1e-4) and float(s(100)) == pytest.approx(1e-4)
@@ -138,7 +146,10 @@ def test_cli_help_documents_flags():
         (["--steps", "2", "--epochs", "1"], "error: give --steps or --epochs, not both"),
         (["--vgg-weights", "/nope.h5", "--steps", "1", "--out", "{tmp}/v"], "error: VGG19 weights file not found: '/nope.h5'"),
         (["--resume", "--out", "{tmp}/none", "--steps", "1"], "error: --resume: no checkpoint in"),
-        (["--mixed-precision", "--steps", "1", "--out", "{tmp}/mp"], "error: --mixed-precision is not supported yet"),
+        (["--batch-size", "0", "--steps", "1", "--out", "{tmp}/b"], "error: --batch-size 0: expected >= 1"),
+        # everything missing at once, not one thing per run
+        (["--dataset", "ade20k"], "error: --dataset ade20k needs --dataroot DIR; --dataset ade20k: give "
+                                  "--steps or --epochs"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):
@@ -206,7 +217,7 @@ EQUIVALENCE = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from clade_tf import Generator, GeneratorConfig, MultiscaleDiscriminator, DiscriminatorConfig
     from clade_tf.data import pipeline
-    from train.gan import CladeGAN
+    from clade_tf.gan import CladeGAN
 
     gcfg = GeneratorConfig(num_classes=6, image_height=32, image_width=32, ngf=8,
                            param_free_norm="syncbatch", use_instance=True)
@@ -299,15 +310,14 @@ def test_multiworker_on_loopback(tmp_path):
     assert [s for s, _ in list_checkpoints(out)] == [3]
     assert sorted(os.listdir(out)) == ["ckpt-3", "config.json", "generator.keras", "logs", "samples",
                                        "samples_final.png"]
-    rec = json.loads(open(os.path.join(out, "config.json")).read())
-    assert rec["train"]["strategy"] == "multiworker"
+    assert RunDirectory(out).read_config().optim.steps == 3
 
 
 # --- loss terms ------------------------------------------------------------------------
 
 def tiny_gan(use_vae=False, vgg=None):
     from clade_tf import ConvEncoder, DiscriminatorConfig, Generator, MultiscaleDiscriminator
-    from train.gan import CladeGAN
+    from clade_tf.gan import CladeGAN
 
     gcfg = TINY.generator_config("clade", use_vae=use_vae, param_free_norm="batch")
     enc = ConvEncoder(ngf=4, z_dim=gcfg.z_dim, input_size=64) if use_vae else None
@@ -360,7 +370,7 @@ def test_vae_training_has_kld_and_updates_the_encoder():
 
 
 def test_vgg_loss_from_a_local_weights_file(tmp_path):
-    from train.gan import VGG_WEIGHTS, load_vgg19
+    from clade_tf.gan import VGG_WEIGHTS, load_vgg19
 
     path = str(tmp_path / "vgg19_notop.weights.h5")
     keras.applications.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
@@ -384,5 +394,5 @@ def test_vgg_loss_from_a_local_weights_file(tmp_path):
 def test_epochs_flag_sets_the_step_total(tiny_preset):
     from train.cli import build_parser, resolve
 
-    cfg, _ = resolve(build_parser().parse_args(["--epochs", "3", "--synthetic-length", "40"]))
-    assert cfg.steps == 3 * (40 // 4)
+    cfg, _, _, _ = resolve(build_parser().parse_args(["--epochs", "3", "--synthetic-length", "40"]))
+    assert cfg.optim.steps == 3 * (40 // 4)
