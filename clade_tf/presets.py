@@ -79,7 +79,7 @@ class Preset:
         generator (`norm_mode`, VAE input, param-free norm), discriminator, and `optim` /
         `monitor` (default: the official settings at the preset's batch size)."""
         return RunConfig(
-            data=self.data_config(dataroot=dataroot, **(data or {})),
+            data=self.data_config(**{"dataroot": dataroot, **(data or {})}),
             generator=self.generator_config(norm_mode, use_vae=use_vae, param_free_norm=param_free_norm),
             discriminator=self.discriminator_config(),
             optim=optim or OptimConfig(batch_size=self.batch_size),

@@ -124,8 +124,10 @@ class RunDirectory:
             raise ConfigError(f"{self.config_path}: not valid JSON ({e})") from None
 
     def read_config(self) -> RunConfig:
+        record = self.read_record()
+        record.pop("source", None)  # where an imported checkpoint came from
         try:
-            return RunConfig.from_dict(self.read_record())
+            return RunConfig.from_dict(record)
         except (ConfigError, TypeError, KeyError) as e:
             raise ConfigError(f"{self.config_path}: {e}") from None
 

@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 
 from clade_tf import Generator, GeneratorConfig, presets
-from export import exporter
+from clade_tf.config import OptimConfig, RunConfig
+from clade_tf.export import exporter, runtime
+from clade_tf.rundir import RunDirectory
 from export.__main__ import main as export_main
 
 TINY = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32, ngf=4)
@@ -42,11 +44,11 @@ def make_run(tmp_path, **kw):
     x = {"label": tf.constant(np.random.default_rng(0).integers(0, 5, (2, 32, 32)), tf.int32),
          "instance": tf.zeros([2, 32, 32], tf.int32), "dist": tf.zeros([2, 32, 32, 2])}
     g(x, training=True)  # non-trivial BatchNorm statistics
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"generator": cfg.to_dict()}))
-    g.save_weights(str(run / "generator.weights.h5"))
-    return str(run), cfg
+    # an imported run (as export.from_torch writes it): a custom dataset without a folder
+    data = presets.custom_preset(5, use_instance=True).data_config()
+    RunDirectory(tmp_path / "run").write_imported(RunConfig(data=data, generator=cfg), g, None,
+                                                  {"checkpoint": "G.pth"})
+    return str(tmp_path / "run"), cfg
 
 
 def test_export_all_formats_verified_with_one_contract(tmp_path, capsys):
@@ -54,7 +56,7 @@ def test_export_all_formats_verified_with_one_contract(tmp_path, capsys):
     out = str(tmp_path / "exp")
     assert export_main(["--run", run, "--out", out]) == 0
     files = sorted(os.listdir(out))
-    assert files == sorted(list(exporter.FORMATS.values()) + ["report.json"])
+    assert files == sorted(list(runtime.FORMATS.values()) + ["report.json"])
     report = json.loads(open(os.path.join(out, "report.json")).read())
     for name in ("saved_model", "model_fp32.tflite", "model.onnx"):
         assert report["formats"][name]["ok"] and report["formats"][name]["rel_l2"] < 1e-4
@@ -64,7 +66,7 @@ def test_export_all_formats_verified_with_one_contract(tmp_path, capsys):
         assert entry["reference"] == ("keras" if name in ("saved_model", "model_fp32.tflite", "model.onnx")
                                       else "tflite fp32")
         assert 0 <= entry["saturated_fraction"] <= 1
-    assert report["calibration"] == "random blocky labels"  # the run records no training data
+    assert report["calibration"] == "random blocky labels"  # the run's data has no folder
     assert "notice: int8 calibration on 32 blocky random label maps" in capsys.readouterr().out
     assert report["contract"]["inputs"] == ["label", "instance", "dist"]
     # TFLite: builtin ops, named inputs, one image output
@@ -155,7 +157,7 @@ def test_export_from_weights_and_preset(tiny_synthetic, tmp_path):
     # the exported model is the saved generator (not a freshly initialised one)
     x = exporter.example_inputs(cfg, 2, seed=9)[0]
     ref = g({k: tf.constant(v) for k, v in x.items()}, training=False).numpy()
-    err, _ = exporter.compare(exporter.run_tflite(str(out / "model_fp32.tflite"), x), ref)
+    err, _ = exporter.compare(runtime.load_runner(str(out / "model_fp32.tflite"))(x), ref)
     assert err < 1e-4
 
 
@@ -202,35 +204,31 @@ def test_run_and_weights_are_mutually_exclusive(args, message, tmp_path, capsys)
     assert len(errors) == 1 and errors[0].endswith(message), errors
 
 
-def make_synthetic_run(tmp_path, norm="clade-icpe", **train):
+def make_synthetic_run(tmp_path, norm="clade-icpe", **data):
     """A run directory as `python -m train` writes it (tiny synthetic preset, no training)."""
-    from train.config import TrainConfig
-
-    tcfg = TrainConfig(dataset="synthetic", norm=norm, param_free_norm="batch", synthetic_length=16,
-                       seed=3, out=str(tmp_path / "run"), **train)
-    cfg = TINY.generator_config(norm, param_free_norm="batch")
-    run = tmp_path / "run"
-    run.mkdir()
-    record = {"preset": dataclasses.asdict(TINY), "generator": cfg.to_dict(),
-              "discriminator": TINY.discriminator_config().to_dict(), "train": tcfg.to_dict()}
-    (run / "config.json").write_text(json.dumps(record))
-    trained_bn(cfg).save_weights(str(run / "generator.weights.h5"))
-    return str(run), cfg, tcfg
+    rcfg = TINY.run_config(norm, param_free_norm="batch", seed=3, data={"synthetic_length": 16, **data},
+                           optim=OptimConfig(batch_size=4, steps=10))
+    run = RunDirectory(tmp_path / "run")
+    run.write_config(rcfg)
+    trained_bn(rcfg.generator).save_weights(run.file("generator.weights.h5"))
+    return run.path, rcfg.generator, rcfg
 
 
 def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
     from clade_tf.data import pipeline
 
-    run, cfg, tcfg = make_synthetic_run(tmp_path)
+    from clade_tf.export import converters
+
+    run, cfg, rcfg = make_synthetic_run(tmp_path)
     seen = []
-    convert = exporter._tflite_converter
+    convert = converters.tflite_bytes
 
     def spy(fn, names, kind, calibration):
         if kind == "tflite-int8":
             seen.append((names, calibration))
         return convert(fn, names, kind, calibration)
 
-    monkeypatch.setattr(exporter, "_tflite_converter", spy)
+    monkeypatch.setattr(converters, "tflite_bytes", spy)
     out = tmp_path / "exp"
     assert export_main(["--run", run, "--out", str(out), "--formats", "tflite-int8",
                         "--calibration-samples", "5"]) == 0
@@ -242,8 +240,9 @@ def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
     # the calibration inputs are the first 5 samples of the run's training stream
     (names, [calib]), = seen
     assert names == ["label", "instance", "dist"] and sorted(calib) == sorted(names)
-    source = pipeline.SyntheticSource(TINY.num_classes, 32, 32, tcfg.synthetic_length, tcfg.seed, use_dist=True)
-    ds = pipeline.make_dataset(source, 5, 32, 32, seed=tcfg.seed, shuffle=True, use_instance=True,
+    source = pipeline.SyntheticSource(TINY.num_classes, 32, 32, rcfg.data.synthetic_length, rcfg.seed,
+                                      use_dist=True)
+    ds = pipeline.make_dataset(source, 5, 32, 32, seed=rcfg.seed, shuffle=True, use_instance=True,
                                use_dist=True, num_steps=1)
     first = next(iter(ds))
     for k in names:
@@ -271,52 +270,54 @@ def write_folder_dataset(root, n=3, classes=6, size=32):
 
 def test_calibration_falls_back_to_random_labels_when_the_data_is_missing(tmp_path):
     gone = str(tmp_path / "gone")
-    run, cfg, tcfg = make_synthetic_run(tmp_path, dataroot=gone, label_nc=6)
-    record = json.loads(open(os.path.join(run, "config.json")).read())
-    record["train"]["dataset"] = "custom"  # a folder dataset, whose folder is gone
-    train, preset = exporter.run_training_config(record)
-    inputs, source, reason = exporter.calibration_inputs(cfg, 4, train, preset)
+    # a folder dataset, whose folder is gone
+    run, cfg, rcfg = make_synthetic_run(tmp_path, dataroot=gone, dataset="custom")
+    data = RunDirectory(run).read_config().data
+    inputs, source, reason = exporter.calibration_inputs(cfg, 4, data, rcfg.seed)
     assert source == "random blocky labels" and f"--dataroot {gone} does not exist" in reason
     assert len(inputs) == 4 and all(d["label"].shape == (1, 32, 32) for d in inputs)
     # --calibration-dataroot replaces the recorded folder
     labels = write_folder_dataset(str(tmp_path / "moved"))
-    train, preset = exporter.run_training_config(record, dataroot=str(tmp_path / "moved"))
-    inputs, source, reason = exporter.calibration_inputs(cfg, 4, train, preset)
+    data = dataclasses.replace(data, dataroot=str(tmp_path / "moved"))
+    inputs, source, reason = exporter.calibration_inputs(cfg, 4, data, rcfg.seed)
     assert (source, reason) == ("run data (3 samples)", None)
     [data] = inputs
     assert sorted(data) == ["dist", "instance", "label"]
     for lab in data["label"]:  # each one of the dataset's label maps (maybe flipped, as in training)
         assert any(np.array_equal(lab, x) or np.array_equal(lab, x[:, ::-1]) for x in labels)
-    assert exporter.run_training_config({"generator": cfg.to_dict()}) is None  # imported run: no data
 
 
 def test_fp16_and_int8_are_measured_against_fp32_tflite(tmp_path, monkeypatch, capsys):
     run, _, _ = make_synthetic_run(tmp_path, norm="clade")
     outputs = {}
-    run_tflite = exporter.run_tflite
+    load_runner = exporter.load_runner
 
-    def spy(path, inputs):
-        out = run_tflite(path, inputs)
-        if os.path.basename(path) == exporter._REFERENCE_TFLITE:
-            out = -out  # a reference far from the Keras model (relative L2 ~2)
-        outputs[os.path.basename(path)] = out
-        return out
+    def spy(path):
+        runner = load_runner(path)
 
-    monkeypatch.setattr(exporter, "run_tflite", spy)
+        def run(inputs):
+            out = runner(inputs)
+            if os.path.basename(path) == exporter.REFERENCE_TFLITE:
+                out = -out  # a reference far from the Keras model (relative L2 ~2)
+            outputs[os.path.basename(path)] = out
+            return out
+        return run
+
+    monkeypatch.setattr(exporter, "load_runner", spy)
     monkeypatch.setattr(exporter, "FP32_TOLERANCE", 3.0)  # let the flipped reference pass its own check
     out = tmp_path / "exp"
     assert export_main(["--run", run, "--out", str(out), "--formats", "tflite-fp16,tflite-int8"]) == 0
     assert "notice:" not in capsys.readouterr().out
     # the fp32 reference was converted and run, then removed
-    assert sorted(outputs) == sorted([exporter._REFERENCE_TFLITE, "model_fp16.tflite", "model_int8.tflite"])
+    assert sorted(outputs) == sorted([exporter.REFERENCE_TFLITE, "model_fp16.tflite", "model_int8.tflite"])
     assert sorted(os.listdir(out)) == ["model_fp16.tflite", "model_int8.tflite", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["calibration"] == "run data (16 samples)"  # all 16 of the run's synthetic data
-    _, g, _ = exporter.load_run(run)
+    g, _ = RunDirectory(run).load_generator()
     check = exporter.example_inputs(g.config, 1, seed=1, n_batches=2)
     keras_out = g({k: tf.constant(np.concatenate([d[k] for d in check])) for k in check[0]},
                   training=False).numpy()
-    ref = outputs[exporter._REFERENCE_TFLITE]
+    ref = outputs[exporter.REFERENCE_TFLITE]
     for name in ("model_fp16.tflite", "model_int8.tflite"):
         entry = report["formats"][name]
         assert entry["reference"] == "tflite fp32" and entry["ok"]
@@ -324,44 +325,3 @@ def test_fp16_and_int8_are_measured_against_fp32_tflite(tmp_path, monkeypatch, c
         assert entry["rel_l2"] == pytest.approx(err) and entry["psnr_db"] == pytest.approx(psnr)
         assert entry["rel_l2"] > 1.5 and exporter.compare(outputs[name], keras_out)[0] < 0.5  # not vs Keras
         assert 0 < entry["saturated_fraction"] == pytest.approx(np.mean(np.abs(ref) > 0.99))
-
-
-def test_benchmark_memory_guard_kills_a_child_that_outgrows_the_limit():
-    from export.bench import run_guarded
-
-    grow = "import time\nblocks = []\nfor _ in range(40):\n    blocks.append(bytearray(20 * 2**20))\n    time.sleep(0.02)\n"
-    rc, _, _, peak, killed = run_guarded(grow + "print('survived')", limit_mb=200)
-    assert killed and rc != 0 and 150 < peak < 400
-    rc, out, _, peak, killed = run_guarded("print('small')", limit_mb=200)
-    assert not killed and rc == 0 and out.strip() == "small"
-
-
-def test_call_guarded_returns_the_result_or_a_one_line_reason():
-    from export.bench import call_guarded
-
-    total, error, _ = call_guarded("export.bench", "memory_total_mb", (), 2000)
-    assert error is None and total > 100
-    result, error, _ = call_guarded("export.bench", "no_such_function", (), 2000)
-    assert result is None and "no_such_function" in error and "\n" not in error
-
-
-def test_a_terminated_benchmark_takes_its_child_with_it():
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    code = ("from export.bench import exit_on_sigterm, run_guarded; exit_on_sigterm(); "
-            "run_guarded('import time; time.sleep(60)', 1000)")
-    parent = subprocess.Popen([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
-    children = []
-    for _ in range(100):  # wait for the guarded child to start
-        time.sleep(0.05)
-        with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as f:
-            children = [int(c) for c in f.read().split()]
-        if children:
-            break
-    assert children, "the guarded child never started"
-    parent.send_signal(signal.SIGTERM)
-    assert parent.wait(timeout=10) == 143
-    assert not os.path.exists(f"/proc/{children[0]}")  # killed and reaped by the parent
