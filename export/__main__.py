@@ -43,9 +43,9 @@ def build_parser():
                         "replaces the recorded --dataroot")
     w = p.add_argument_group("with --weights: the architecture (as python -m train builds it)")
     w.add_argument("--preset", choices=sorted(PRESETS), help="dataset preset the weights were trained with")
-    w.add_argument("--norm", choices=("clade", "clade-icpe", "spade", "none"), help="norm mode (None: clade)")
+    w.add_argument("--norm", choices=("clade", "clade-icpe", "spade", "none"), help="norm mode (default: clade)")
     w.add_argument("--param-free-norm", choices=("syncbatch", "batch", "instance"),
-                   help="parameter-free normalization (None: syncbatch)")
+                   help="parameter-free normalization (default: syncbatch)")
     w.add_argument("--use-vae", action="store_true", help="VAE-mode generator (z input)")
     w.add_argument("--label-nc", type=int, help="--preset custom: classes without don't-care")
     w.add_argument("--contain-dontcare", action="store_true", help="--preset custom: one extra don't-care class")

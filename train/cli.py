@@ -18,8 +18,15 @@ DATASETS = ("synthetic", "ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff",
 DEFAULT_SYNTHETIC_STEPS = 800
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The description as written, and every option's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and every option's default (where the help text does
+    not already say what the default means)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default:" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser():
@@ -34,11 +41,11 @@ def build_parser():
     a("--norm", default="clade", choices=("clade", "clade-icpe", "spade"), help="generator normalization")
     a("--param-free-norm", default="syncbatch", choices=("syncbatch", "batch", "instance"),
       help="parameter-free normalization inside CLADE/SPADE")
-    a("--batch-size", type=int, help="global batch size (None: the preset's; synthetic 8, others 1)")
-    a("--steps", type=int, help=f"total optimizer steps of the run (None: {DEFAULT_SYNTHETIC_STEPS} for "
+    a("--batch-size", type=int, help="global batch size (default: the preset's; synthetic 8, others 1)")
+    a("--steps", type=int, help=f"total optimizer steps of the run (default: {DEFAULT_SYNTHETIC_STEPS} for "
       "synthetic; other datasets need --steps or --epochs)")
     a("--epochs", type=int, help="total epochs instead of --steps (steps = epochs x samples // batch)")
-    a("--out", help="run directory (None: runs/<dataset>-<norm>)")
+    a("--out", help="run directory (default: runs/<dataset>-<norm>)")
     a("--resume", action="store_true", help="continue the run in --out; fail if it has no checkpoint "
       "(without it, an existing checkpoint is continued too)")
     a("--vgg-weights", metavar="FILE", help="local VGG19 notop Keras weights (.h5) for the perceptual loss; "
