@@ -182,21 +182,29 @@ class CladeGAN(keras.Model):
         return tf.reduce_sum(per_sample) / (local * replicas)
 
     # -- steps -----------------------------------------------------------------------
-    def train_step(self, batch):
+    def generator_gradients(self, batch):
+        """`(loss terms, gradients of the generator (+ encoder) variables)`; the gradients
+        are of the scaled loss when the optimizer scales it (float16 mixed precision)."""
         with tf.GradientTape() as tape:
-            g_terms, fake = self.generator_losses(batch, training=True)
+            g_terms, _ = self.generator_losses(batch, training=True)
             g_loss = tf.add_n([self._global_scale(v) for v in g_terms.values()])
-        g_vars = self.g_variables
-        # scale_loss: the loss scale of a LossScaleOptimizer (mixed precision), else identity
-        grads = tape.gradient(self.g_optimizer.scale_loss(g_loss), g_vars)
-        self.g_optimizer.apply_gradients(zip(grads, g_vars))
+            # inside the tape: a scale applied after it would cut the gradient (all None)
+            g_loss = self.g_optimizer.scale_loss(g_loss)
+        return g_terms, tape.gradient(g_loss, self.g_variables)
 
-        d_vars = self.discriminator.trainable_variables
+    def discriminator_gradients(self, batch):
+        """`(loss terms, gradients of the discriminator variables)`, as `generator_gradients`."""
         with tf.GradientTape() as tape:
             d_terms = self.discriminator_losses(batch, training=True)
             d_loss = tf.add_n([self._global_scale(v) for v in d_terms.values()])
-        grads = tape.gradient(self.d_optimizer.scale_loss(d_loss), d_vars)
-        self.d_optimizer.apply_gradients(zip(grads, d_vars))
+            d_loss = self.d_optimizer.scale_loss(d_loss)
+        return d_terms, tape.gradient(d_loss, self.discriminator.trainable_variables)
+
+    def train_step(self, batch):
+        g_terms, grads = self.generator_gradients(batch)
+        self.g_optimizer.apply_gradients(zip(grads, self.g_variables))
+        d_terms, grads = self.discriminator_gradients(batch)
+        self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_variables))
         return self._logs(g_terms, d_terms)
 
     def test_step(self, batch):
