@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from clade_tf import Generator, GeneratorConfig
-from clade_tf.inference import fold_for_inference
+from clade_tf.inference import calibrate_batch_norm, fold_for_inference
 
 RNG = np.random.default_rng(5)
 
@@ -50,3 +50,29 @@ def test_folded_generator_equals_original_in_inference(mode, pfn):
         # each CLADE layer: lookup + multiply-add; no normalization ops left
         assert "Rsqrt" not in types and "FusedBatchNormV3" not in types
     assert types.count("Conv2D") == op_types(g).count("Conv2D")
+
+
+def test_calibrate_batch_norm_sets_one_batch_statistics_and_keeps_momentum():
+    cfg = GeneratorConfig(num_classes=5, image_height=32, image_width=32, ngf=4,
+                          param_free_norm="batch")
+    g = Generator(cfg)
+    g.build()
+    x = {"label": inputs(cfg)["label"].numpy()}
+    calibrate_batch_norm(g, x)
+    bn = g.blocks[-1].norm_1.norm.bn
+    assert bn.momentum == pytest.approx(0.9)
+    # momentum 0 for the pass: the moving statistics are exactly this batch's
+    captured = {}
+    orig = bn.call
+
+    def spy(t, training=None, mask=None):
+        captured["x"] = t.numpy()
+        return orig(t, training=training, mask=mask)
+
+    bn.call = spy
+    g({"label": tf.constant(x["label"])}, training=False)
+    bn.call = orig
+    m = captured["x"].mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(bn.moving_mean.numpy(), m, atol=1e-5 * max(1.0, np.abs(m).max()))
+    out = g({"label": tf.constant(x["label"])}, training=False).numpy()
+    assert np.isfinite(out).all() and np.abs(out).max() < 1.0  # normalized, not saturated

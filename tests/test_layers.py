@@ -15,6 +15,8 @@ from clade_tf.layers import (
     instance_edges,
 )
 from clade_tf.layers.ops import check_labels
+from clade_tf.networks import NLayerDiscriminator
+from layer_harness import run_layer_test
 
 RNG = np.random.default_rng(0)
 
@@ -398,3 +400,62 @@ def test_out_of_range_labels_raise_in_eager_and_graph(bad):
     ok = lab.copy()
     ok[0, 2, 3] = 4
     np.testing.assert_array_equal(fn(tf.constant(ok)).numpy(), ok)
+
+
+# --- Keras layer contract (tests/layer_harness.py) -------------------------------------
+
+def _cond(n=2, h=8, w=8, k=4, edge=False, dist=False, segmap=False):
+    label = randlabel(n, h, w, k)
+    cond = {"label": label}
+    e = tf.cast(randlabel(n, h, w, 2)[..., None], tf.float32)
+    if edge:
+        cond["edge"] = e
+    if dist:
+        cond["dist"] = tf.constant(RNG.uniform(-1, 1, (n, h, w, 2)).astype(np.float32))
+    if segmap:
+        seg = tf.one_hot(label, k)
+        cond["segmap"] = tf.concat([seg, e], -1) if edge else seg
+    return cond
+
+
+CONTRACT_CASES = {
+    "conv": (Conv2D, dict(filters=4, kernel_size=3, padding=1), lambda: (randn(2, 8, 8, 3),)),
+    "conv-spectral": (Conv2D, dict(filters=4, kernel_size=4, strides=2, padding=2, use_bias=False,
+                                   spectral_norm=True), lambda: (randn(2, 8, 8, 3),)),
+    "pfn-instance": (ParamFreeNorm, dict(kind="instance"), lambda: (randn(2, 8, 8, 3),)),
+    "pfn-batch": (ParamFreeNorm, dict(kind="batch"), lambda: (randn(2, 8, 8, 3),)),
+    "pfn-syncbatch": (ParamFreeNorm, dict(kind="syncbatch"), lambda: (randn(2, 8, 8, 3),)),
+    "clade": (ClassAdaptiveNorm, dict(num_classes=4, param_free_norm="batch"),
+              lambda: (randn(2, 8, 8, 6), _cond())),
+    "clade-icpe": (ClassAdaptiveNorm, dict(num_classes=4, param_free_norm="instance", use_icpe=True),
+                   lambda: (randn(2, 8, 8, 6), _cond(dist=True))),
+    "clade-edge": (ClassAdaptiveNorm, dict(num_classes=4, param_free_norm="syncbatch",
+                                           use_instance_edge=True),
+                   lambda: (randn(2, 8, 8, 6), _cond(edge=True))),
+    "spade": (SpatiallyAdaptiveNorm, dict(param_free_norm="instance", hidden=8),
+              lambda: (randn(2, 8, 8, 6), _cond(edge=True, segmap=True))),
+    "affine": (AffineNorm, dict(param_free_norm="batch"), lambda: (randn(2, 8, 8, 6), _cond())),
+    "block-clade-shortcut": (ResnetBlock, dict(fin=6, fout=4, norm_mode="clade", num_classes=4,
+                                               param_free_norm="syncbatch", use_instance_edge=True),
+                             lambda: (randn(2, 8, 8, 6), _cond(edge=True))),
+    "block-clade": (ResnetBlock, dict(fin=4, fout=4, norm_mode="clade", num_classes=4,
+                                      param_free_norm="instance"),
+                    lambda: (randn(2, 8, 8, 4), _cond())),
+    "block-icpe": (ResnetBlock, dict(fin=4, fout=6, norm_mode="clade-icpe", num_classes=4,
+                                     param_free_norm="batch"),
+                   lambda: (randn(2, 8, 8, 4), _cond(dist=True))),
+    "block-spade": (ResnetBlock, dict(fin=6, fout=4, norm_mode="spade", num_classes=4,
+                                      param_free_norm="instance", use_instance_edge=True,
+                                      spade_hidden=8),
+                    lambda: (randn(2, 8, 8, 6), _cond(edge=True, segmap=True))),
+    "block-none": (ResnetBlock, dict(fin=6, fout=4, norm_mode="none", param_free_norm="batch"),
+                   lambda: (randn(2, 8, 8, 6), _cond())),
+    "patch-discriminator": (NLayerDiscriminator, dict(n_layers=3, ndf=4),
+                            lambda: (randn(2, 16, 16, 5),)),
+}
+
+
+@pytest.mark.parametrize("case", list(CONTRACT_CASES))
+def test_layer_contract(case):
+    cls, kwargs, inputs = CONTRACT_CASES[case]
+    run_layer_test(cls, kwargs, inputs())

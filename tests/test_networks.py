@@ -349,3 +349,80 @@ def test_ade20k_counts_equal_official_implementation():
     assert res["clade"]["params"] == 71_427_267
     assert res["clade"]["macs"] == 42_212_458_496
     assert res["clade-icpe"]["params"] == 71_427_375
+
+
+# --- Keras layer contract and mixed precision (tests/layer_harness.py) ------------------
+
+# Instance norm over a tiny latent is ill-conditioned: at 1 x 1 it outputs zeros and
+# its backward multiplies by 1/sqrt(eps) per layer (float16 gradients overflow); over
+# 2 x 1 pixels bfloat16 rounding flips signs. 128 x 64 gives a 4 x 2 latent.
+TINY = dict(num_classes=4, image_height=64, image_width=32, ngf=4)
+TINY_INSTANCE = dict(num_classes=4, image_height=128, image_width=64, ngf=2)
+NETWORK_CASES = {
+    "clade-edge-syncbatch": (Generator, dict(config=GeneratorConfig(
+        **TINY, norm_mode="clade", param_free_norm="syncbatch", use_instance=True))),
+    "icpe-vae-batch": (Generator, dict(config=GeneratorConfig(
+        **TINY, norm_mode="clade-icpe", param_free_norm="batch", use_vae=True, z_dim=8))),
+    "spade-instance": (Generator, dict(config=GeneratorConfig(
+        **TINY_INSTANCE, norm_mode="spade", param_free_norm="instance", use_instance=True,
+        spade_hidden=8))),
+    "none-instance": (Generator, dict(config=GeneratorConfig(
+        **TINY_INSTANCE, norm_mode="none", param_free_norm="instance"))),
+    "discriminator": (MultiscaleDiscriminator, dict(config=DiscriminatorConfig(n_layers=3, ndf=4))),
+    # 128: the last feature map is 2 x 2 (at 1 x 1 instance norm zeroes it)
+    "encoder": (ConvEncoder, dict(ngf=2, z_dim=8, input_size=128)),
+}
+
+
+NETWORK_TOLERANCE = {"mixed_float16": 2e-2, "mixed_bfloat16": 1e-1}
+
+
+@pytest.mark.parametrize("case", list(NETWORK_CASES))
+def test_network_contract(case):
+    from layer_harness import run_layer_test
+
+    from clade_tf.inference import calibrate_batch_norm
+
+    cls, kwargs = NETWORK_CASES[case]
+    prepare = None
+    if cls is Generator:
+        data = (inputs_for(kwargs["config"]),)
+        # BatchNorm at its initial statistics (0, 1) does not normalize: the
+        # activations grow past float16's range
+        prepare = lambda g: calibrate_batch_norm(g, data[0])  # noqa: E731
+    elif cls is MultiscaleDiscriminator:
+        data = (tf.constant(RNG.standard_normal((2, 32, 32, 7)), tf.float32),)
+    else:
+        data = (tf.constant(RNG.uniform(-1, 1, (2, 128, 128, 3)), tf.float32),)
+    # a generator is ~20 layers deep: rounding errors add up
+    run_layer_test(cls, kwargs, data, prepare=prepare, tolerance=NETWORK_TOLERANCE)
+
+
+def test_generator_gradients_under_global_mixed_float16_with_loss_scaling():
+    # The loss must be scaled inside the tape: `tape.gradient(opt.scale_loss(loss), ...)`
+    # with scale_loss called after the tape closed multiplies outside the recorded
+    # graph, and every gradient is None.
+    cfg = GeneratorConfig(**TINY, param_free_norm="syncbatch", use_instance=True)
+    inp = inputs_for(cfg)
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        g = Generator(cfg)
+        opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-4))
+        g.build()
+        opt.build(g.trainable_variables)
+        with tf.GradientTape(persistent=True) as tape:
+            fake = g(inp, training=True)
+            loss = tf.reduce_mean(tf.square(tf.cast(fake, tf.float32)))
+            scaled = opt.scale_loss(loss)
+        assert fake.dtype == tf.float16
+        assert {v.dtype for v in g.weights} == {"float32"}
+        grads = tape.gradient(scaled, g.trainable_variables)
+        assert all(gr is not None and np.isfinite(tf.convert_to_tensor(gr).numpy()).all()
+                   for gr in grads)
+        assert all(gr is None for gr in tape.gradient(opt.scale_loss(loss), g.trainable_variables))
+        before = [v.numpy() for v in g.trainable_variables]
+        opt.apply_gradients(zip(grads, g.trainable_variables))
+        assert int(opt.iterations.numpy()) == 1
+        assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, g.trainable_variables))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
