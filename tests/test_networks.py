@@ -328,7 +328,7 @@ def test_profile_counts_clade_and_spade_overheads_small():
 
 def test_profile_cli_json_small():
     env = dict(os.environ, PYTHONPATH=ROOT)
-    res = subprocess.run([sys.executable, "-m", "export.profile", "--preset", "synthetic", "--json"],
+    res = subprocess.run([sys.executable, "-m", "benchmarks.profile", "--preset", "synthetic", "--json"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout)
