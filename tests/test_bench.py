@@ -1,22 +1,86 @@
-"""Benchmark tooling: the lookup variants compute what the shipped layer computes, and the
-tf2onnx memory workaround leaves tf2onnx as it found it."""
+"""Benchmark tooling: the guarded child processes, the lookup variants computing what the
+shipped layer computes, the commands' help, and the tf2onnx memory workaround leaving
+tf2onnx as it found it."""
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks import guard, latency, ops, profile, train_step, variants
 from clade_tf import Generator, GeneratorConfig
+from clade_tf.export import converters, example_inputs
 from clade_tf.inference import fold_for_inference
-from export import exporter, variants
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("variant", variants.VARIANTS)
-def test_lookup_variants_equal_the_folded_generator(variant):
-    cfg = GeneratorConfig(num_classes=7, image_height=32, image_width=32, ngf=4, param_free_norm="batch")
+def test_benchmark_memory_guard_kills_a_child_that_outgrows_the_limit():
+    # The child grows to ~300 MB and then holds it: the guard must see it above 200 MB
+    # whatever the scheduling, and the peak cannot exceed what the child allocates.
+    grow = ("import time\nblocks = []\nfor _ in range(15):\n    b = bytearray(20 * 2**20)\n"
+            "    b[::4096] = b'x' * len(b[::4096])\n    blocks.append(b)\n    time.sleep(0.02)\n"
+            "time.sleep(60)\nprint('survived')\n")
+    t = time.monotonic()
+    rc, out, _, peak, killed = guard.run_guarded(grow, limit_mb=200)
+    assert killed and rc != 0 and "survived" not in out
+    assert 200 < peak < 450
+    assert time.monotonic() - t < 30
+    rc, out, _, peak, killed = guard.run_guarded("print('small')", limit_mb=200)
+    assert not killed and rc == 0 and out.strip() == "small"
+
+
+def test_call_guarded_returns_the_result_or_a_one_line_reason():
+    total, error, _ = guard.call_guarded("benchmarks.guard", "memory_total_mb", (), 2000)
+    assert error is None and total > 100
+    result, error, _ = guard.call_guarded("benchmarks.guard", "no_such_function", (), 2000)
+    assert result is None and "no_such_function" in error and "\n" not in error
+
+
+def test_a_terminated_benchmark_takes_its_child_with_it():
+    code = ("from benchmarks.guard import exit_on_sigterm, run_guarded; exit_on_sigterm(); "
+            "run_guarded('import time; time.sleep(60)', 1000)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        children = []
+        deadline = time.monotonic() + 20
+        while not children and time.monotonic() < deadline:  # wait for the guarded child to start
+            time.sleep(0.05)
+            with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        assert children, "the guarded child never started"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=20) == 143
+        assert not os.path.exists(f"/proc/{children[0]}")  # killed and reaped by the parent
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_timing_children_do_not_import_tensorflow():
+    """The peak memory reported for LiteRT / onnxruntime is the timing process's own:
+    loading the runner must not import TensorFlow."""
+    code = ("import sys\nfrom benchmarks.common import load_runner\n"
+            "try:\n    load_runner('missing.tflite')\nexcept ValueError as e:\n    print(e)\n"
+            "print('tensorflow' in sys.modules, 'clade_tf' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["missing.tflite not found", "False False"]
+
+
+# betas rewrites the shortcut, which reads the instance-edge channel too
+@pytest.mark.parametrize("variant, use_instance", [(v, False) for v in variants.VARIANTS] + [("betas", True)])
+def test_lookup_variants_equal_the_folded_generator(variant, use_instance):
+    cfg = GeneratorConfig(num_classes=7, image_height=32, image_width=32, ngf=4, param_free_norm="batch",
+                          use_instance=use_instance)
     g = Generator(cfg)
-    x = {k: tf.constant(v) for k, v in exporter.example_inputs(cfg, 2, seed=0)[0].items()}
+    x = {k: tf.constant(v) for k, v in example_inputs(cfg, 2, seed=0)[0].items()}
     g(x, training=True)  # BatchNorm statistics to fold
     ref = g.features(x, training=False).numpy()
     fn, names = variants._trace(fold_for_inference(g), variant)
@@ -24,9 +88,76 @@ def test_lookup_variants_equal_the_folded_generator(variant):
     want = np.tanh(ref[:1])
     assert np.abs(out - want).max() < 1e-4 * max(1.0, np.abs(want).max())
     # the variant really changed the graph (different op counts), except the baseline
-    ops = {op.type for op in fn.get_concrete_function().graph.get_operations()}
-    assert ("Split" in ops or "SplitV" in ops) == (variant in ("fused", "shared"))
-    assert ("MatMul" in ops) == (variant == "betas")
+    ops_ = {op.type for op in fn.get_concrete_function().graph.get_operations()}
+    assert ("Split" in ops_ or "SplitV" in ops_) == (variant in ("fused", "shared"))
+    assert ("MatMul" in ops_) == (variant == "betas")
+
+
+@pytest.mark.parametrize("module", [latency, ops, profile, train_step, variants])
+def test_every_option_has_a_help_text_and_shows_its_default(module, capsys):
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    text = capsys.readouterr().out
+    options = text[text.index("options:"):]
+    # one entry per option: its flags line up to the next entry
+    entries = re.split(r"\n  (?=-)", options)[1:]
+    assert entries
+    for entry in entries:
+        if entry.startswith("-h"):
+            continue
+        assert "(default:" in entry, entry
+
+
+def test_benchmarks_import_only_the_library():
+    pattern = re.compile(r"^\s*(from|import)\s+(train|export|evaluate)(\.|\s|$)", re.MULTILINE)
+    folder = os.path.join(ROOT, "benchmarks")
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                assert not pattern.search(f.read()), name
+
+
+def test_train_step_reports_each_mode_and_precision(monkeypatch):
+    """Every (mode, precision) pair is a row; a pair that cannot be built or is not mixed
+    precision reports one line and the others are still timed."""
+    built = []
+
+    def fake_build(preset, mode, precision, batch_size):
+        built.append((mode, precision))
+        if precision == "float16":
+            raise RuntimeError("not mixed precision: 3 of 3 conv/dense layers compute in float32")
+        return (lambda batch: {"G_total": tf.constant(1.0)}), {}, {"dtype_policy": precision}
+
+    monkeypatch.setattr(train_step, "build", fake_build)
+    args = train_step.parse_args(["--modes", "clade,spade", "--precisions", "float32,float16",
+                                  "--steps", "1", "--rounds", "2", "--warmup", "1"])
+    result = train_step.bench_train(args)
+    rows = {(r["mode"], r["precision"]): r for r in result["rows"]}
+    assert list(rows) == built == [("clade", "float32"), ("clade", "float16"),
+                                   ("spade", "float32"), ("spade", "float16")]
+    assert rows[("clade", "float32")]["time_vs_first"] == 1.0
+    assert len(rows[("spade", "float32")]["round_seconds_per_step"]) == 2
+    assert rows[("spade", "float16")]["error"].startswith("RuntimeError: not mixed precision")
+    table = train_step.format_table(result)
+    assert "spade       float16   failed: RuntimeError: not mixed precision" in table
+
+
+def test_mixed_precision_check_reads_the_layers_not_the_model_policy():
+    """A GAN whose networks carry a mixed policy but whose layers compute in float32 is
+    not mixed precision (Keras gives a layer's policy to that layer only)."""
+    from clade_tf.config import OptimConfig
+    from clade_tf.gan import build_gan
+    from clade_tf.presets import get_preset
+
+    cfg = get_preset("synthetic").run_config("clade", optim=OptimConfig(batch_size=1, mixed_precision="bfloat16"))
+    gan = build_gan(cfg)
+    error, in_f32 = train_step.precision_check(gan, "bfloat16")
+    convs = [l for net in (gan.generator, gan.discriminator) for l in net._flatten_layers(include_self=False)
+             if getattr(l, "kernel", None) is not None]
+    n_f32 = sum(l.compute_dtype != "bfloat16" for l in convs)
+    assert len(in_f32) == n_f32
+    assert (error is not None) == (2 * n_f32 > len(convs))
+    assert train_step.precision_check(gan, "float32") == (None, [])
 
 
 def test_lean_tf2onnx_restores_tf2onnx():
@@ -34,8 +165,46 @@ def test_lean_tf2onnx_restores_tf2onnx():
 
     before = tf2onnx.graph.Node.update_proto
     env = os.environ.get("TF2ONNX_CATCH_ERRORS")
-    with exporter.lean_tf2onnx():
-        assert tf2onnx.graph.Node.update_proto is exporter._update_node_proto
+    with converters.lean_tf2onnx():
+        assert tf2onnx.graph.Node.update_proto is converters._update_node_proto
         assert "TF2ONNX_CATCH_ERRORS" in os.environ
     assert tf2onnx.graph.Node.update_proto is before
     assert os.environ.get("TF2ONNX_CATCH_ERRORS") == env
+
+
+def test_train_step_errors_are_one_line_with_their_cause():
+    traced = ValueError(
+        'in user code:\n\n    File "/x/clade_tf/gan.py", line 192, in train_step  *\n'
+        '        self.g_optimizer.apply_gradients(zip(grads, g_vars))\n'
+        '    File "/x/keras/ops/core.py", line 1130, in cond\n        return Cond()(pred, true_fn, false_fn)\n\n'
+        '    ValueError: Exception encountered when calling Cond.call().\n    \n'
+        '    \x1b[1mNo gradients provided for any variable.\x1b[0m\n    \n    Arguments received by Cond.call():\n')
+    line = train_step.one_line(traced)
+    assert line.startswith("ValueError: No gradients provided for any variable. (in train_step, ")
+    assert line.endswith("clade_tf/gan.py:192)") and "\n" not in line
+    assert train_step.one_line(RuntimeError("not mixed\nprecision")) == "RuntimeError: not mixed"
+
+
+def test_ops_says_so_in_one_line_when_perf_is_missing(monkeypatch):
+    monkeypatch.setattr(ops.shutil, "which", lambda name: None)
+    result = {"preset": "p", "threads": 2,
+              "modes": {"clade": {"onnx": {"error": "e"},
+                                  "tflite-fp32": ops.tflite_op_profile("m.tflite", "i.npz", 2, 1, 1)}}}
+    assert result["modes"]["clade"]["tflite-fp32"] == {"error": "perf is not installed; no TFLite per-op profile"}
+    assert "  clade: perf is not installed; no TFLite per-op profile" in ops.format_table(result).splitlines()
+
+
+def test_latency_table_and_plot_show_every_row(tmp_path):
+    rows = [{"norm": n, "format": "onnx", "params": 10, "macs": 100, "size_bytes": 2e6, "median_ms": ms,
+             "peak_rss_mb": 50.0, "export_peak_rss_mb": 900.0, "round_ms": [ms], "ratio_to_none": ms / 4.0}
+            for n, ms in (("none", 4.0), ("clade", 5.0))]
+    rows.append({"norm": "spade", "format": "onnx", "params": None, "macs": None, "size_bytes": None,
+                 "median_ms": None, "peak_rss_mb": 3000.0, "export_peak_rss_mb": 9000.0, "round_ms": [],
+                 "ratio_to_none": None, "error": "killed: resident memory above 2000 MB; peak seen 2001 MB"})
+    result = {"preset": "synthetic", "threads": 2, "machine": "m", "results": rows}
+    table = latency.format_table(result).splitlines()
+    assert table[3].split()[:7] == ["clade", "onnx", "10", "100", "2.0", "5.0", "1.25"]
+    assert table[4].split()[:6] == ["spade", "onnx", "-", "-", "-", "failed"]
+    assert table[-1] == "spade onnx: killed: resident memory above 2000 MB; peak seen 2001 MB"
+    latency.plot_latency(result, str(tmp_path / "latency.png"))
+    assert (tmp_path / "latency.png").stat().st_size > 0

@@ -1,0 +1,112 @@
+"""What the exported-model benchmarks share: the random-weight generator they measure,
+its verified export, the timing job run in a guarded child, and the CLI help format.
+
+Heavy imports stay inside the functions: a guarded child imports only what its job needs.
+"""
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default in `--help`."""
+
+
+def machine():
+    return f"{platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def split(text):
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def median_ms(call, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t) * 1000)
+    return sorted(times)[repeats // 2]
+
+
+def size_bytes(path):
+    """A file's size, or the total of a directory's files (SavedModel)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def random_generator(cfg):
+    """A random-weight generator (seed 0) with its BatchNorm statistics calibrated on one
+    batch: with the initial statistics (0, 1) it would run unnormalized and its
+    activations explode, which is not what a trained model computes."""
+    import keras
+
+    from clade_tf import Generator
+    from clade_tf.export import example_inputs
+    from clade_tf.inference import calibrate_batch_norm
+
+    keras.utils.set_random_seed(0)
+    g = Generator(cfg)
+    g.build()
+    calibrate_batch_norm(g, example_inputs(cfg, 2, seed=4)[0])
+    return g
+
+
+def export_for_bench(preset_name, norm, formats, out_dir, inputs_npz):
+    """Child-process job: the preset's random-weight generator in `norm` mode, exported
+    and verified by `clade_tf.export.export`; writes the timing inputs (batch 1) to
+    `inputs_npz`; returns the generator's params and MACs."""
+    import numpy as np
+
+    from clade_tf.export import example_inputs, export
+    from clade_tf.presets import get_preset
+    from clade_tf.profiling import generator_profile
+
+    cfg = get_preset(preset_name).generator_config(norm)
+    prof = generator_profile(cfg)
+    export(random_generator(cfg), out_dir, list(formats), batch=1)
+    np.savez(inputs_npz, **example_inputs(cfg, 1, seed=3)[0])
+    return {"params": prof["params"], "macs": prof["macs"]}
+
+
+def peak_rss_mb():
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's
+    size, which survives fork + exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def load_runner(path, threads=None, profile_prefix=None):
+    """`clade_tf.export.load_runner`, from `clade_tf/export/runtime.py` loaded on its own.
+
+    That file imports numpy only (each runtime when a model needs it), while importing
+    the `clade_tf` package imports TensorFlow, ~600 MB resident, which would count in
+    the peak memory reported for LiteRT and onnxruntime: a deployed model does not
+    carry TensorFlow."""
+    import importlib.util
+
+    from benchmarks.guard import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "clade_tf_export_runtime", os.path.join(ROOT, "clade_tf", "export", "runtime.py"))
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    return runtime.load_runner(path, threads=threads, profile_prefix=profile_prefix)
+
+
+def time_model(path, inputs_npz, threads, repeats, warmup):
+    """Child-process job: median ms of one call of the exported model's runner
+    (`clade_tf.export.load_runner`) on the batch-1 inputs, and this process's peak RSS."""
+    import numpy as np
+
+    data = dict(np.load(inputs_npz))
+    runner = load_runner(path, threads=threads)
+    for _ in range(warmup):
+        runner(data)
+    median = median_ms(lambda: runner(data), repeats)
+    return {"median_ms": median, "peak_rss_mb": peak_rss_mb()}

@@ -1,0 +1,189 @@
+r"""Latency of the exported generator per norm mode and format.
+
+    python -m benchmarks.latency --preset ade20k --norm none,clade,clade-icpe,spade \
+        --formats tflite-fp32,tflite-int8-dynamic,onnx --threads 2 --rounds 3 --repeats 5 \
+        [--memory-limit-mb MB] [--json] [--plot FILE]
+
+For each norm mode, build the generator (random weights, BatchNorm statistics
+calibrated on one batch), export it with `clade_tf.export.export` (verified), and
+time each format in fresh processes: `--rounds` processes per model, interleaved
+across modes so that load from other processes hits every mode alike, each timing
+`--repeats` calls of the model's runner (`clade_tf.export.load_runner`, batch 1)
+after `--warmup`; the reported latency is the median over rounds of the per-process
+medians, with each mode's ratio to `none`. Every export and timing child runs under
+a memory guard (`--memory-limit-mb`, default 75 % of RAM): one that grows past it is
+killed and its row reports so. The peak resident memory of each timing process is
+reported per format.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+
+from benchmarks.common import HelpFormatter, machine, size_bytes, split
+from benchmarks.guard import call_guarded, default_memory_limit_mb, exit_on_sigterm
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def bench_latency(args):
+    from clade_tf.export import FORMATS, parse_formats
+
+    norms = split(args.norm)
+    try:
+        formats = parse_formats(args.formats)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    limit = args.memory_limit_mb or default_memory_limit_mb()
+    tmp = tempfile.mkdtemp(prefix="clade-bench-")
+    rows = {}
+    try:
+        # 1. export every mode (each in a guarded child: conversion and verification memory
+        #    is released between modes, and an out-of-memory mode fails alone)
+        for norm in norms:
+            out, npz = os.path.join(tmp, norm), os.path.join(tmp, f"{norm}.npz")
+            info, error, peak = call_guarded("benchmarks.common", "export_for_bench",
+                                             (args.preset, norm, formats, out, npz), limit)
+            print(f"[{norm}] exported (peak {peak:.0f} MB)" if info else
+                  f"[{norm}] export failed: {error}", file=sys.stderr)
+            for fmt in formats:
+                row = {"norm": norm, "format": fmt, "params": None, "macs": None, "size_bytes": None,
+                       "median_ms": None, "peak_rss_mb": None, "export_peak_rss_mb": peak,
+                       "round_ms": []}
+                if info is None:
+                    row["error"] = "export: " + error
+                else:
+                    path = os.path.join(out, FORMATS[fmt])
+                    row.update(params=info["params"], macs=info["macs"], size_bytes=size_bytes(path),
+                               path=path, npz=npz)
+                rows[(norm, fmt)] = row
+        # 2. time: rounds interleave the modes, so load from other processes hits them alike
+        for rnd in range(args.rounds):
+            for fmt in formats:
+                for norm in norms:
+                    row = rows[(norm, fmt)]
+                    if "error" in row:
+                        continue
+                    r, error, peak = call_guarded(
+                        "benchmarks.common", "time_model",
+                        (row["path"], row["npz"], args.threads, args.repeats, args.warmup), limit)
+                    if error:
+                        row["error"] = error
+                        row["peak_rss_mb"] = peak
+                        continue
+                    row["round_ms"].append(r["median_ms"])
+                    row["peak_rss_mb"] = max(row["peak_rss_mb"] or 0.0, r["peak_rss_mb"])
+                    print(f"[round {rnd + 1}/{args.rounds} {norm} {fmt}] {r['median_ms']:.1f} ms, "
+                          f"peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results = []
+    for row in rows.values():
+        row.pop("path", None)
+        row.pop("npz", None)
+        if row["round_ms"] and "error" not in row:
+            row["median_ms"] = statistics.median(row["round_ms"])
+        results.append(row)
+    base = {r["format"]: r["median_ms"] for r in results if r["norm"] == "none" and r["median_ms"]}
+    for r in results:
+        r["ratio_to_none"] = (r["median_ms"] / base[r["format"]]
+                              if r["median_ms"] and r["format"] in base else None)
+    return {"preset": args.preset, "threads": args.threads, "repeats": args.repeats,
+            "rounds": args.rounds, "memory_limit_mb": round(limit), "machine": machine(),
+            "results": results}
+
+
+def format_table(result):
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    lines = [f"latency, preset {result['preset']}, {result['threads']} threads, {result['machine']}",
+             (f"{'norm':<11} {'format':<20} {'params':>12} {'MACs':>16} {'size MB':>8} {'ms':>9} "
+              f"{'x none':>7} {'peak MB':>8} {'export GB':>9}")]
+    for r in result["results"]:
+        ms = fmt(r["median_ms"], ".1f") if r["median_ms"] else "failed"
+        size = r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None
+        lines.append(f"{r['norm']:<11} {r['format']:<20} {fmt(r['params'], ','):>12} {fmt(r['macs'], ','):>16} "
+                     f"{fmt(size, '.1f'):>8} {ms:>9} {fmt(r.get('ratio_to_none'), '.2f'):>7} "
+                     f"{fmt(r.get('peak_rss_mb'), '.0f'):>8} {fmt(r['export_peak_rss_mb'] / 1024, '.1f'):>9}")
+    lines += [f"{r['norm']} {r['format']}: {r['error']}" for r in result["results"] if r.get("error")]
+    return "\n".join(lines)
+
+
+def plot_latency(result, path):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from clade_tf.viz import save_png
+
+    rows = [r for r in result["results"] if r["median_ms"]]
+    if not rows:
+        raise SystemExit("error: --plot: no format was timed")
+    fmts = sorted({r["format"] for r in rows})
+    norms = list(dict.fromkeys(r["norm"] for r in rows))
+    w, bar, gap = 900, 26, 14
+    h = 60 + len(fmts) * (len(norms) * bar + gap + 24)
+    img = Image.new("RGB", (w, h), "white")
+    dr = ImageDraw.Draw(img)
+    dr.text((10, 10), f"generator latency, preset {result['preset']}, {result['threads']} threads "
+                      f"(median ms; ratio to none)", fill="black")
+    top = max(r["median_ms"] for r in rows)
+    colours = {"none": (150, 150, 150), "clade": (40, 120, 200), "clade-icpe": (60, 170, 120),
+               "spade": (210, 90, 60)}
+    y = 40
+    for f in fmts:
+        dr.text((10, y), f, fill="black")
+        y += 18
+        for n in norms:
+            r = next((r for r in rows if r["format"] == f and r["norm"] == n), None)
+            if r is None:
+                continue
+            length = int((w - 330) * r["median_ms"] / top)
+            dr.rectangle([110, y, 110 + length, y + bar - 6], fill=colours.get(n, (100, 100, 100)))
+            ratio = f" x{r['ratio_to_none']:.2f}" if r.get("ratio_to_none") else ""
+            dr.text((10, y + 4), n, fill="black")
+            dr.text((116 + length, y + 4), f"{r['median_ms']:.1f} ms{ratio}", fill="black")
+            y += bar
+        y += gap
+    save_png(path, np.asarray(img))
+
+
+def parse_args(argv=None):
+    from clade_tf.export import FORMATS
+    from clade_tf.presets import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--preset", default="ade20k", choices=sorted(PRESETS),
+                   help="dataset preset whose generator is measured")
+    p.add_argument("--norm", default="none,clade,clade-icpe,spade", help="comma-separated norm modes")
+    p.add_argument("--formats", default="tflite-fp32,tflite-int8-dynamic,onnx",
+                   help="comma-separated, some of: " + ", ".join(FORMATS))
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per process")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per process before the timed ones")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="fresh-process timings per model, interleaved across modes; the median is reported")
+    p.add_argument("--memory-limit-mb", type=float,
+                   help="kill a child (export or timing) above this resident memory (None: 75%% of RAM)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--plot", metavar="FILE", help="bar chart PNG of latency per mode and format")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    exit_on_sigterm()
+    args = parse_args(argv)
+    result = bench_latency(args)
+    if args.plot:
+        plot_latency(result, args.plot)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

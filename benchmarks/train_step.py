@@ -1,0 +1,244 @@
+r"""Training speed: optimizer steps per second of the full GAN step per norm mode and precision.
+
+    python -m benchmarks.train_step --preset synthetic --modes clade,spade \
+        [--precisions float32,float16,bfloat16] [--steps 10] [--rounds 3] [--warmup 2] \
+        [--batch-size N] [--json]
+
+One step is `CladeGAN.train_step` (one generator and one discriminator update, no
+VGG) of the GAN that `python -m train` builds (`clade_tf.gan.build_gan` of the
+preset's run configuration), on a fixed random batch at the preset's size and class
+count (data loading excluded). Every (mode, precision) pair is a row, all built
+(and traced) in one process before any is warmed up or timed; rounds interleave the
+rows so that load from other processes hits them alike. Reported: the median and best seconds per step over rounds and each
+row's time relative to the first row.
+
+`--precisions` (alias `--mixed-precision`) takes `float32`, `float16`
+(`mixed_float16`, with loss scaling) and `bfloat16` (`mixed_bfloat16`). A mixed row
+checks that the GAN really is mixed precision (float32 variables, conv / dense layers
+computing in the policy's dtype); a row that fails to build, is not mixed precision,
+or fails to train reports why in one line and the other rows run on.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+
+from benchmarks.common import HelpFormatter, machine, split
+from benchmarks.guard import ROOT
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+def one_line(e):
+    """An exception as one line. A traced function's error message starts with the
+    user-code traceback ("in user code: ..."); its cause is the last `XError: ...` line
+    (and, for a Keras layer error, the line after it), its place the first frame."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # Keras bolds the message
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if re.match(r"\w+(Error|Exception): ", line)]
+    if not errors:
+        return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
+    i = errors[-1]
+    msg = lines[i]
+    if "Exception encountered when calling" in msg and i + 1 < len(lines):
+        msg = f"{msg.split(':')[0]}: {lines[i + 1]}"
+    frame = re.search(r'File "([^"]+)", line (\d+), in (\w+)', text)
+    if frame:
+        msg += f" (in {frame.group(3)}, {os.path.relpath(frame.group(1), ROOT)}:{frame.group(2)})"
+    return msg[:240]
+
+
+def random_batch(cfg, batch_size, seed=0):
+    """The generator's input maps (blocky labels, instances, ICPE maps as its config
+    needs them) and random images in [-1, 1]."""
+    import numpy as np
+    import tensorflow as tf
+
+    from clade_tf.export import example_inputs
+
+    g = cfg.generator
+    maps = example_inputs(g, batch_size, seed=seed)[0]
+    batch = {k: maps[k] for k in g.data_keys}
+    rng = np.random.default_rng(seed)
+    batch["image"] = rng.uniform(-1, 1, (batch_size, g.image_height, g.image_width, 3)).astype(np.float32)
+    return {k: tf.constant(v) for k, v in batch.items()}
+
+
+def precision_check(gan, precision):
+    """`(error or None, [names of conv / dense layers computing in float32])`.
+
+    Keras gives a layer's dtype policy to that layer only, so a model built with a
+    mixed policy may still compute in float32 inside: count where the work is done.
+    """
+    if precision == "float32":
+        return None, []
+    want = precision  # the compute dtype of mixed_float16 / mixed_bfloat16
+    nets = [gan.generator, gan.discriminator] + ([gan.encoder] if gan.encoder is not None else [])
+    not_f32 = [v.path for n in nets for v in n.weights if v.dtype != "float32"]
+    if not_f32:
+        return f"not mixed precision: {len(not_f32)} variables are not float32 ({not_f32[0]}, ...)", []
+    compute = [(layer.kernel.path.rsplit("/", 1)[0], layer.compute_dtype)
+               for n in nets for layer in n._flatten_layers(include_self=False)
+               if getattr(layer, "kernel", None) is not None]
+    in_f32 = [name for name, dtype in compute if dtype != want]
+    if 2 * len(in_f32) > len(compute):  # mostly float32: timing it as mixed would mislead
+        return f"not mixed precision: {len(in_f32)} of {len(compute)} conv/dense layers compute in float32", in_f32
+    return None, in_f32
+
+
+def build(preset, mode, precision, batch_size):
+    """`(step function, batch, row facts)` of one (mode, precision) pair."""
+    import keras
+    import tensorflow as tf
+
+    from clade_tf.config import OptimConfig
+    from clade_tf.gan import build_gan
+
+    keras.utils.set_random_seed(0)
+    optim = OptimConfig(batch_size=batch_size, mixed_precision=None if precision == "float32" else precision)
+    cfg = preset.run_config(mode, optim=optim)
+    gan = build_gan(cfg)
+    facts = {"dtype_policy": optim.dtype_policy,
+             "generator_compute_dtype": gan.generator.compute_dtype,
+             "generator_variable_dtype": gan.generator.variable_dtype}
+    error, in_f32 = precision_check(gan, precision)
+    if in_f32:
+        facts["layers_in_float32"] = in_f32
+    if error:
+        raise RuntimeError(error)
+    return tf.function(gan.train_step), random_batch(cfg, batch_size), facts
+
+
+class _RetracingWarnings(logging.Filter):
+    """Drops TensorFlow's "N out of the last N calls ... triggered tf.function retracing":
+    every row traces its own step function once, by design."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def bench_train(args):
+    import gc
+
+    import tensorflow as tf
+
+    from clade_tf.presets import get_preset
+
+    tf.get_logger().addFilter(_RetracingWarnings())
+    preset = get_preset(args.preset)
+    batch_size = args.batch_size or preset.batch_size
+    pairs = [(m, p) for m in split(args.modes) for p in split(args.precisions)]
+    bad = sorted({p for _, p in pairs} - set(PRECISIONS))
+    if bad:
+        raise SystemExit(f"error: --precisions {','.join(bad)}: expected some of {', '.join(PRECISIONS)}")
+    rows, steps = {}, {}
+    for pair in pairs:
+        mode, precision = pair
+        row = rows[pair] = {"mode": mode, "precision": precision, "round_seconds_per_step": []}
+        t = time.time()
+        try:
+            fn, batch, facts = build(preset, mode, precision, batch_size)
+            row.update(facts)
+            float(fn(batch)["G_total"])  # traces
+            steps[pair] = (fn, batch)
+            print(f"[{mode} {precision}] built and traced in {time.time() - t:.1f}s", file=sys.stderr)
+        except Exception as e:  # a row that cannot build or train fails alone
+            row["error"] = one_line(e)
+            print(f"[{mode} {precision}] failed: {row['error']}", file=sys.stderr)
+            gc.collect()
+    # Warm up only now: building a row reseeds TensorFlow, after which the next call of
+    # every step function built before is slow again (seconds), as in its first round.
+    for pair, (fn, batch) in list(steps.items()):
+        try:
+            for _ in range(args.warmup):
+                float(fn(batch)["G_total"])
+        except Exception as e:
+            rows[pair]["error"] = one_line(e)
+            del steps[pair]
+    for _ in range(args.rounds):
+        for pair in pairs:
+            if pair not in steps:
+                continue
+            fn, batch = steps[pair]
+            try:
+                t = time.perf_counter()
+                for _ in range(args.steps):
+                    logs = fn(batch)
+                loss = float(logs["G_total"])  # waits for the result
+            except Exception as e:  # a row failing later on (e.g. after a retrace) stops alone
+                rows[pair]["error"] = one_line(e)
+                del steps[pair]
+                continue
+            rows[pair]["round_seconds_per_step"].append((time.perf_counter() - t) / args.steps)
+            if math.isnan(loss):  # the speed is still measured, but say so
+                rows[pair]["note"] = "the generator loss is NaN"
+    base = None
+    for row in rows.values():
+        times = row["round_seconds_per_step"]
+        if not times or "error" in row:
+            continue
+        med = sorted(times)[len(times) // 2]
+        base = base or med
+        row.update(seconds_per_step_median=med, seconds_per_step_best=min(times),  # least disturbed round
+                   steps_per_second=1.0 / med, time_vs_first=med / base)
+    return {"benchmark": "train_step", "preset": args.preset, "batch_size": batch_size,
+            "image_size": [preset.image_height, preset.image_width], "steps_per_round": args.steps,
+            "rounds": args.rounds, "machine": machine(), "rows": list(rows.values())}
+
+
+def format_table(result):
+    rows = result["rows"]
+    first = next((r for r in rows if "time_vs_first" in r), None)
+    lines = [(f"train step, preset {result['preset']} {result['image_size'][0]}x{result['image_size'][1]}, "
+              f"batch {result['batch_size']}, {result['machine']}")]
+    for r in rows:
+        name = f"{r['mode']:<11} {r['precision']:<9}"
+        if "error" in r:
+            lines.append(f"  {name} failed: {r['error']}")
+            continue
+        line = (f"  {name} {r['steps_per_second']:8.3f} steps/s  ({r['seconds_per_step_median']:.3f} s/step, "
+                f"best {r['seconds_per_step_best']:.3f}, x{r['time_vs_first']:.2f} time vs "
+                f"{first['mode']} {first['precision']})")
+        if r.get("layers_in_float32"):
+            line += f"  [{len(r['layers_in_float32'])} conv/dense layers in float32]"
+        if r.get("note"):
+            line += f"  [{r['note']}]"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    from clade_tf.presets import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--preset", default="synthetic", choices=sorted(PRESETS),
+                   help="dataset preset: image size, classes, network widths, default batch size")
+    p.add_argument("--modes", default="clade,spade", help="comma-separated norm modes")
+    p.add_argument("--precisions", "--mixed-precision", default="float32", metavar="PRECISIONS",
+                   help="comma-separated: " + ", ".join(PRECISIONS) + "; each mode runs at each precision")
+    p.add_argument("--batch-size", type=int, help="global batch size (None: the preset's)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds, interleaved across rows")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps per row once every row is built (after its tracing step)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = bench_train(args)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

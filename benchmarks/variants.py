@@ -1,0 +1,222 @@
+r"""Lookup variants tried for the exported CLADE layer (the record is benchmarks/BENCHMARKS.md).
+
+    python -m benchmarks.variants --preset ade20k --variants base,fused,shared,betas \
+        --formats tflite-fp32,onnx --threads 2 --rounds 5 [--json]
+
+Builds the random-weight CLADE generator of the preset (BatchNorm calibrated, as
+`benchmarks.latency`) and the `none` backbone, folds them for inference, and for each
+variant of how the folded CLADE layers compute `x * gamma[label] + beta[label]`
+converts TFLite fp32 and ONNX, checks them against the Keras model (relative L2
+<= 1e-4, else the variant is reported as wrong), then times every model in fresh
+processes, rounds interleaved across variants, with the ratio to `none`:
+
+- `base`: what `python -m export` ships: per layer two `tf.gather`s (gamma, beta
+  tables `[K, C]`) on the label map at the layer's resolution, one multiply, one add.
+- `fused`: one `[K, 2C]` table per layer, one gather, split into gamma and beta.
+- `shared`: one gather per resolution of all tables of the layers at that
+  resolution (`[K, sum 2C]`), split per layer.
+- `betas`: in blocks with a learned shortcut, beta of `norm_s` pushed through the
+  1x1 `conv_s` (no activation between them): `conv_s(x * gamma_s[l]) + (beta_s W_s)[l]`,
+  which gathers `fout` instead of `fin` channels for that term.
+
+The variants are swapped in by overriding methods on the folded model's layers only
+while tracing; nothing here changes the library.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+
+from benchmarks.common import HelpFormatter, split
+from benchmarks.guard import call_guarded, default_memory_limit_mb, exit_on_sigterm
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+VARIANTS = ("base", "fused", "shared", "betas")
+VARIANT_FORMATS = ("tflite-fp32", "onnx")
+
+
+def _trace(folded, variant):
+    """A serving function of `folded` with the CLADE lookup computed as `variant`."""
+    import types
+
+    import tensorflow as tf
+
+    from clade_tf.export import serving_function
+    from clade_tf.layers.normalization import ClassAdaptiveNorm
+
+    norms = [l for l in folded._flatten_layers() if isinstance(l, ClassAdaptiveNorm)]
+    if variant == "fused":
+        def modulation(self, label, dist=None, dtype="float32"):
+            table = tf.concat([self.gamma, self.beta], axis=1)
+            return tuple(tf.split(tf.gather(table, label), 2, axis=-1))
+
+        for n in norms:
+            n.modulation = types.MethodType(modulation, n)
+    elif variant == "shared":
+        def modulation(self, label, dist=None, dtype="float32"):
+            return self._shared
+
+        for n in norms:
+            n.modulation = types.MethodType(modulation, n)
+        features = folded.features
+
+        def shared_features(inputs, training=None):
+            levels = folded.pyramid(inputs)
+            by_stride = {}
+            for blk, s in folded.block_strides():
+                by_stride.setdefault(s, []).extend(blk.norm_layers())
+            for s, group in by_stride.items():
+                tables = [t for n in group for t in (n.gamma, n.beta)]
+                parts = tf.split(tf.gather(tf.concat(tables, axis=1), levels[s]["label"]),
+                                 [int(t.shape[1]) for t in tables], axis=-1)
+                for i, n in enumerate(group):
+                    n._shared = (parts[2 * i], parts[2 * i + 1])
+            return features(inputs, training=training)
+
+        folded.features = shared_features
+    elif variant == "betas":
+        for blk in folded.blocks:
+            if not blk.learned_shortcut:
+                continue
+
+            def call(self, x, cond, training=None):
+                lab, norm_s = cond["label"], self.norm_s
+                # the folded conv_s is a plain kernel; its first `fin` input channels see
+                # the modulated x (an instance-edge channel, if any, comes after them)
+                b_s = tf.matmul(norm_s.beta, self.conv_s.kernel[0, 0, :self.fin])  # constant-folded
+                h = x * tf.gather(norm_s.gamma, lab)
+                if norm_s.use_instance_edge:
+                    h = tf.concat([h, norm_s.edge_conv(tf.cast(cond["edge"], x.dtype))], axis=-1)
+                x_s = self.conv_s(h) + tf.gather(b_s, lab)
+                dx = self.conv_0(tf.nn.leaky_relu(self.norm_0(x, cond, training=training), 0.2))
+                dx = self.conv_1(tf.nn.leaky_relu(self.norm_1(dx, cond, training=training), 0.2))
+                return x_s + dx
+
+            blk.call = types.MethodType(call, blk)
+    elif variant != "base":
+        raise ValueError(f"unknown variant {variant!r}; expected some of {', '.join(VARIANTS)}")
+    fn, names = serving_function(folded, 1)
+    fn.get_concrete_function()  # trace now, while the overrides are in place
+    return fn, names
+
+
+def build_variant(preset_name, variant, formats, out_dir):
+    """Child-process job: writes the variant's models and inputs, returns their errors."""
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks.common import random_generator
+    from clade_tf.export import (
+        FORMATS,
+        compare,
+        example_inputs,
+        load_runner,
+        write_format,
+    )
+    from clade_tf.export.exporter import FP32_TOLERANCE
+    from clade_tf.inference import fold_for_inference
+    from clade_tf.presets import get_preset
+
+    cfg = get_preset(preset_name).generator_config("none" if variant == "none" else "clade")
+    g = random_generator(cfg)
+    inputs = example_inputs(cfg, 1, seed=3)[0]
+    reference = g({k: tf.constant(v) for k, v in inputs.items()}, training=False).numpy()
+    fn, names = _trace(fold_for_inference(g), "base" if variant == "none" else variant)
+    os.makedirs(out_dir, exist_ok=True)
+    np.savez(os.path.join(out_dir, "inputs.npz"), **inputs)
+    errors = {}
+    for fmt in formats:
+        path = os.path.join(out_dir, FORMATS[fmt])
+        write_format(fmt, path, fn, names)
+        errors[fmt] = compare(load_runner(path)(inputs), reference)[0]
+        if errors[fmt] > FP32_TOLERANCE:
+            raise SystemExit(f"{variant} {fmt}: relative L2 {errors[fmt]:.2e} vs Keras")
+    return errors
+
+
+def parse_args(argv=None):
+    from clade_tf.presets import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.variants", description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--preset", default="ade20k", choices=sorted(PRESETS),
+                   help="dataset preset whose CLADE generator is measured")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated, some of: " + ", ".join(VARIANTS) + " (`none` is always timed)")
+    p.add_argument("--formats", default=",".join(VARIANT_FORMATS),
+                   help="comma-separated, some of: " + ", ".join(VARIANT_FORMATS))
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads of both runtimes")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="fresh-process timings per model, interleaved across variants; the median is reported")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per process")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per process before the timed ones")
+    p.add_argument("--memory-limit-mb", type=float,
+                   help="kill a child (build or timing) above this resident memory (None: 75%% of RAM)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args(argv)
+    bad = [v for v in split(args.variants) if v not in VARIANTS + ("none",)]
+    if bad:
+        p.error(f"--variants: unknown {bad}; expected some of {', '.join(VARIANTS)}")
+    bad = [f for f in split(args.formats) if f not in VARIANT_FORMATS]
+    if bad:
+        p.error(f"--formats: unknown {bad}; expected some of {', '.join(VARIANT_FORMATS)}")
+    return args
+
+
+def main(argv=None):
+    from clade_tf.export import FORMATS
+
+    exit_on_sigterm()
+    args = parse_args(argv)
+    variants = ["none"] + [v for v in split(args.variants) if v != "none"]
+    formats = split(args.formats)
+    limit = args.memory_limit_mb or default_memory_limit_mb()
+    tmp = tempfile.mkdtemp(prefix="clade-variants-")
+    result = {"preset": args.preset, "threads": args.threads, "rounds": args.rounds, "variants": {}}
+    try:
+        for v in variants:
+            out = os.path.join(tmp, v)
+            errors, error, _ = call_guarded("benchmarks.variants", "build_variant",
+                                            (args.preset, v, formats, out), limit)
+            if error:
+                raise SystemExit(f"error: variant {v}: {error}")
+            result["variants"][v] = {f: {"rel_l2": e, "round_ms": []} for f, e in errors.items()}
+            print(f"[{v}] built", file=sys.stderr)
+        for _ in range(args.rounds):
+            for fmt in formats:
+                for v in variants:
+                    path = os.path.join(tmp, v, FORMATS[fmt])
+                    npz = os.path.join(tmp, v, "inputs.npz")
+                    r, error, _ = call_guarded("benchmarks.common", "time_model",
+                                               (path, npz, args.threads, args.repeats, args.warmup), limit)
+                    if error:
+                        raise SystemExit(f"error: timing {v} {fmt}: {error}")
+                    result["variants"][v][fmt]["round_ms"].append(r["median_ms"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for fmt in formats:
+        base = statistics.median(result["variants"]["none"][fmt]["round_ms"])
+        for v in variants:
+            r = result["variants"][v][fmt]
+            r["median_ms"] = statistics.median(r["round_ms"])
+            r["ratio_to_none"] = r["median_ms"] / base
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"CLADE lookup variants, preset {args.preset}, {args.threads} threads, "
+              f"median of {args.rounds} interleaved rounds")
+        for fmt in formats:
+            for v in variants:
+                r = result["variants"][v][fmt]
+                print(f"  {fmt:<12} {v:<7} {r['median_ms']:8.1f} ms  x{r['ratio_to_none']:.3f}  "
+                      f"rel_l2 {r['rel_l2']:.1e}  rounds {' '.join(f'{x:.0f}' for x in r['round_ms'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
