@@ -8,7 +8,6 @@ devices are not part of it (they may change between a run and its resume).
 
 import dataclasses
 
-from clade_tf.layers.normalization import _KINDS as _NORM_KINDS
 from clade_tf.layers.normalization import PARAM_FREE_NORMS
 from clade_tf.layers.resblock import NORM_MODES
 
@@ -43,8 +42,7 @@ class GeneratorConfig:
             2**(number of upsamplings) (5 / 6 / 7 for normal / more / most).
         norm_mode: `clade`, `clade-icpe`, `spade` or `none` (plain affine norm;
             the unconditional backbone used to measure overhead).
-        param_free_norm: `syncbatch`, `batch` or `instance` (`identity` only in
-            folded inference generators, see `clade_tf.inference`).
+        param_free_norm: `syncbatch`, `batch` or `instance`.
         use_instance: the model takes an `instance` id map and uses its edges.
         num_upsampling_layers: `normal`, `more` or `most`.
         ngf: base width (64 official).
@@ -72,7 +70,7 @@ class GeneratorConfig:
 
         if self.norm_mode not in NORM_MODES:
             fail(f"norm_mode={self.norm_mode!r}, expected one of {', '.join(NORM_MODES)}")
-        if self.param_free_norm not in _NORM_KINDS:
+        if self.param_free_norm not in PARAM_FREE_NORMS:
             fail(
                 f"param_free_norm={self.param_free_norm!r}, expected one of "
                 f"{', '.join(PARAM_FREE_NORMS)}"
