@@ -108,13 +108,18 @@ def test_every_option_has_a_help_text_and_shows_its_default(module, capsys):
         assert "(default:" in entry, entry
 
 
-def test_benchmarks_import_only_the_library():
-    pattern = re.compile(r"^\s*(from|import)\s+(train|export|evaluate)(\.|\s|$)", re.MULTILINE)
-    folder = os.path.join(ROOT, "benchmarks")
-    for name in os.listdir(folder):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name)) as f:
-                assert not pattern.search(f.read()), name
+@pytest.mark.parametrize("folder, others", [
+    ("clade_tf", "train|export|evaluate|benchmarks"), ("train", "export|evaluate|benchmarks"),
+    ("export", "train|evaluate|benchmarks"), ("benchmarks", "train|export|evaluate"),
+])
+def test_applications_import_only_the_library(folder, others):
+    """The library imports no application; each application only the library (and itself)."""
+    pattern = re.compile(rf"^\s*(from|import)\s+({others})(\.|\s|$)", re.MULTILINE)
+    for root, _, files in os.walk(os.path.join(ROOT, folder)):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(root, name)) as f:
+                    assert not pattern.search(f.read()), os.path.join(root, name)
 
 
 def test_train_step_reports_each_mode_and_precision(monkeypatch):

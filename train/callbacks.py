@@ -16,12 +16,15 @@ def current_lr(opt):
 
 
 class RunMonitor(keras.callbacks.Callback):
-    """Logs to TensorBoard and checkpoints, keyed by the global step (the G optimizer's
-    iteration count, which survives resume).
+    """Logs to TensorBoard and checkpoints, keyed by the global step: the checkpoint's
+    step plus the batches trained since. (Not the optimizer's iteration count: under
+    float16 loss scaling a step whose gradients overflow is skipped and not counted,
+    but it consumed its batch, and the data position is the step.)
 
     Args:
         run_dir: the `RunDirectory` (`logs/`, `samples/` and `ckpt-*` go there).
         gan: the `CladeGAN`.
+        start_step: the step the run starts (or resumes) from.
         total_steps: the run's step total; training stops there.
         sample_batch: a fixed batch (dict of numpy arrays) for image grids.
         colours: palette for the label column.
@@ -33,10 +36,11 @@ class RunMonitor(keras.callbacks.Callback):
         grid_rows: samples shown in the image grid (fidelity uses the whole batch).
     """
 
-    def __init__(self, run_dir, gan, total_steps, sample_batch, colours, num_classes,
+    def __init__(self, run_dir, gan, start_step, total_steps, sample_batch, colours, num_classes,
                  synthetic_data, monitor: MonitorConfig, is_chief=True, progress=False, grid_rows=6):
         super().__init__()
         self.run_dir, self.gan, self.total = run_dir, gan, int(total_steps)
+        self.step = int(start_step)
         self.sample_batch, self.colours, self.num_classes = sample_batch, colours, num_classes
         self.synthetic_data = synthetic_data
         self.grid_rows = grid_rows
@@ -49,10 +53,6 @@ class RunMonitor(keras.callbacks.Callback):
         self.last_fidelity = None
         self.initial_fidelity = None
         self._sample_fn = None
-
-    @property
-    def step(self):
-        return int(self.gan.g_optimizer.iterations.numpy())
 
     def _generate(self, batch):
         if self._sample_fn is None:
@@ -96,6 +96,7 @@ class RunMonitor(keras.callbacks.Callback):
             self._bar.update(step)
 
     def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
         step = self.step
         if self._bar is not None:
             self._bar.update(step, [(k, float(v)) for k, v in (logs or {}).items() if k.endswith("_total")],

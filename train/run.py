@@ -113,7 +113,7 @@ def run(cfg: RunConfig, out, strategy="auto", resume_required=False, verbose=1):
         ds = ds.with_options(opts)
     batch = sources.fixed_batch(cfg.data, cfg.generator, cfg.seed, NUM_SAMPLE_IMAGES)
     colours = viz.palette(cfg.data.dataset, cfg.generator.num_classes)
-    monitor = RunMonitor(run_dir, gan, o.steps, batch, colours, cfg.generator.num_classes,
+    monitor = RunMonitor(run_dir, gan, start, o.steps, batch, colours, cfg.generator.num_classes,
                          cfg.data.dataset == "synthetic", cfg.monitor, chief, progress=verbose > 0)
     if verbose and chief:
         print(f"watch it: {tensorboard_hint(out)}")
@@ -122,7 +122,7 @@ def run(cfg: RunConfig, out, strategy="auto", resume_required=False, verbose=1):
     # still to run: the progress bar shows what really runs.
     gan.fit(ds, epochs=1, steps_per_epoch=o.steps - start, callbacks=[monitor], verbose=0, shuffle=False)
     fit_seconds = time.time() - t_fit
-    final = int(gan.g_optimizer.iterations.numpy())
+    final = monitor.step
     if chief:
         run_dir.save_generator(gan.generator)
         grid, _ = monitor.evaluate_samples(final, write=False)
