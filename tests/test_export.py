@@ -125,6 +125,11 @@ def test_infer_runs_every_format_and_rejects_bad_labels(tmp_path, capsys):
         assert img.shape == (32, 32, 3)
         results.append(img)
     assert max(np.abs(a - results[0]).max() for a in results) <= 1  # same model, same pixels
+    # the export directory itself: its fp32 TFLite model, the same pixels
+    assert infer_main(["--model", str(out), "--labels", str(tmp_path / "label.png"),
+                       "--instances", str(tmp_path / "inst.png"), "--out", str(tmp_path / "dir.png")]) == 0
+    assert "model_fp32.tflite" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "dir.png")), results[1])
     bad = lab.copy()
     bad[0, 0] = 9
     Image.fromarray(bad).save(tmp_path / "bad.png")
