@@ -40,6 +40,18 @@ def load_vgg19(path, height, width):
     return vgg
 
 
+class NonFiniteError(FloatingPointError):
+    """Training produced NaN or Inf (a loss term or a weight): the message names which."""
+
+
+def non_finite_weights(*models):
+    """Paths of the variables of `models` (None skipped) holding NaN or Inf."""
+    import numpy as np
+
+    return [v.path for m in models if m is not None for v in m.weights
+            if not np.isfinite(np.asarray(v.numpy(), dtype=np.float64)).all()]
+
+
 def per_sample_mean(x):
     """Mean over all axes but the batch: `[B, ...] -> [B]`."""
     return tf.reduce_mean(tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1]), axis=1)

@@ -164,10 +164,20 @@ class RunDirectory:
                     shutil.rmtree(self.file(name), ignore_errors=True)
 
     def save_checkpoint(self, gan, step, keep=3):
-        """Writes `ckpt-<step>` of a `CladeGAN` atomically; keeps the newest `keep`."""
+        """Writes `ckpt-<step>` of a `CladeGAN` atomically; keeps the newest `keep`.
+
+        Refuses (`NonFiniteError`, nothing written, nothing rotated out) when a weight
+        holds NaN or Inf: a diverged run must not replace its last good checkpoints."""
+        from clade_tf.gan import NonFiniteError, non_finite_weights
+
         final = self.file(f"ckpt-{step}")
         if os.path.isdir(final):
             return final
+        bad = non_finite_weights(gan.generator, gan.discriminator, gan.encoder)
+        if bad:
+            good = self.latest_checkpoint()[1]
+            raise NonFiniteError(f"step {step}: {len(bad)} weights hold NaN/Inf (e.g. {bad[0]}); checkpoint "
+                                 f"not written, {good or 'no earlier checkpoint'} kept")
         tmp = self.file(f".tmp-ckpt-{step}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)

@@ -5,14 +5,32 @@ A checkpoint is a zip holding `<name>/data.pkl` (a pickle) and `<name>/data/<key
 unpickler here accepts only the handful of globals a state dict needs
 (`collections.OrderedDict`, the tensor-rebuild functions, storage types) and
 refuses anything else before it is called.
+
+The file is untrusted in its metadata too. Each storage record must hold exactly
+the declared number of elements of a supported dtype. Each tensor view is checked
+against its storage before anything is copied: size and stride are tuples of ints
+>= 0 of equal length (at most `MAX_DIMS`), the storage offset is an int >= 0, and
+every element the view addresses lies inside the storage. A view may have more
+elements than its storage (a zero-stride broadcast) only up to
+`MAX_BROADCAST_ELEMENTS`, and all tensors of one file together at most
+`MAX_TOTAL_FACTOR` times the elements of the storages they use plus
+`MAX_BROADCAST_ELEMENTS`, so a small file cannot make the reader allocate
+without bound. Every refusal is a one-line `CheckpointError`.
 """
 
 import collections
 import io
+import lzma
+import math
 import pickle
 import zipfile
+import zlib
 
 import numpy as np
+
+MAX_DIMS = 64  # numpy's limit
+MAX_BROADCAST_ELEMENTS = 2**24
+MAX_TOTAL_FACTOR = 16
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -31,90 +49,229 @@ class CheckpointError(ValueError):
     """The file is not a state dict this reader can (or may) load."""
 
 
-class _StorageType:
+class _Bad(Exception):
+    """A reason to refuse the file; `load_state_dict` prefixes the path."""
+
+
+def _short(x, n=80):
+    r = " ".join(repr(x).split())
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class _Frozen:
+    """Base of every object the pickle can reach besides builtins and OrderedDicts.
+
+    Refuses BUILD: it would otherwise set attributes through the slot-state path,
+    e.g. the `__defaults__` of a module-level function, for every later load too.
+    """
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise _Bad("the pickle sets the state (BUILD) of a storage, tensor or function, "
+                   "which a state dict never does")
+
+
+class _Call(_Frozen):
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+class _StorageType(_Frozen):
+    __slots__ = ("name", "dtype")
+
     def __init__(self, name):
         self.name = name
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
-class _Storage:
-    def __init__(self, array):
-        self.array = array  # 1-D numpy array over the whole storage
+class _Storage(_Frozen):
+    __slots__ = ("key", "type", "numel", "array")
+
+    def __init__(self, key, storage_type, numel, array):
+        self.key, self.type, self.numel, self.array = key, storage_type, numel, array
+
+
+class _Tensor(_Frozen):
+    """Unchecked view metadata; checked and copied only once its state-dict key is known."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                        backward_hooks=None, metadata=None):
-    arr = storage.array
-    size, stride = tuple(size), tuple(stride)
-    if not size:
-        return np.array(arr[storage_offset])
-    needed = storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
-    if any(n == 0 for n in size):
-        return np.zeros(size, dtype=arr.dtype)
-    if needed > arr.size:
-        raise CheckpointError("a tensor view reaches past the end of its storage")
-    item = arr.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        arr[storage_offset:], shape=size, strides=tuple(s * item for s in stride), writeable=False)
-    return np.array(view)  # own, contiguous copy
+    if not isinstance(storage, _Storage):
+        raise _Bad(f"a tensor's storage is {_short(storage)}, expected a persistent storage reference")
+    return _Tensor(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+    if not isinstance(data, _Tensor):
+        raise _Bad(f"a parameter wraps {_short(data)}, expected a tensor")
     return data
 
 
 def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None, state=None):
-    return data
+    return _rebuild_parameter(data)
 
 
 _ALLOWED = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("collections", "OrderedDict"): _Call(collections.OrderedDict),
+    ("torch._utils", "_rebuild_tensor_v2"): _Call(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Call(_rebuild_parameter_with_state),
 }
 _ALLOWED.update({("torch", name): _StorageType(name) for name in _STORAGE_DTYPES})
 
+# Anything the unpickler itself raises on a damaged pickle (the allowed callables raise _Bad).
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError, IndexError,
+                  AttributeError, OverflowError, RecursionError, MemoryError)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, EOFError, OSError,
+               RuntimeError, ValueError)
+
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, data, load_storage, path):
+    def __init__(self, data, storage_record):
         super().__init__(io.BytesIO(data))
-        self._load_storage = load_storage
-        self._path = path
+        self._storage_record = storage_record
         self._storages = {}
 
     def find_class(self, module, name):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise CheckpointError(
-                f"{self._path}: refusing to load global {module}.{name}: a state dict only needs "
-                "OrderedDict, tensor rebuild functions and storage types (a checkpoint is a pickle, "
-                "and loading other globals could run code)"
-            ) from None
+            pass
+        what = f"{module}.{name}"
+        what = what if what.isprintable() else _short(what)  # keep the error on one readable line
+        if module == "torch" and name.endswith("Storage"):
+            raise _Bad(f"unsupported storage type {what} (supported: {', '.join(_STORAGE_DTYPES)})")
+        raise _Bad(
+            f"refusing to load global {what}: a state dict only needs "
+            "OrderedDict, tensor rebuild functions and storage types (a checkpoint is a pickle, "
+            "and loading other globals could run code)"
+        )
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise CheckpointError(f"{self._path}: unexpected persistent id {pid!r}")
+            raise _Bad(f"unexpected persistent id {_short(pid)}, expected ('storage', type, key, location, numel)")
         _, storage_type, key, _location, numel = pid[:5]
         if not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"{self._path}: unsupported storage type {storage_type!r}")
-        key = str(key)
-        if key not in self._storages:
-            raw = self._load_storage(key)
-            arr = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"))
-            if arr.size < numel:
-                raise CheckpointError(f"{self._path}: storage {key} holds {arr.size} elements, expected {numel}")
-            self._storages[key] = _Storage(arr.astype(storage_type.dtype, copy=False))
-        return self._storages[key]
+            raise _Bad(f"unsupported storage type {_short(storage_type)}")
+        if not isinstance(key, str):
+            raise _Bad(f"storage key {_short(key)}: expected a str")
+        if not _is_int(numel) or numel < 0:
+            raise _Bad(f"storage {key!r}: element count {_short(numel)}, expected an int >= 0")
+        if key in self._storages:
+            st = self._storages[key]
+            if st.type is not storage_type or st.numel != numel:
+                raise _Bad(f"storage {key!r} is referenced as {st.type.name} of {st.numel} elements "
+                           f"and as {storage_type.name} of {numel}")
+            return st
+        dtype = storage_type.dtype
+        raw = self._storage_record(key, numel * dtype.itemsize, f"{numel} {storage_type.name} elements")
+        if dtype == np.bool_:  # any nonzero byte is True; a numpy bool must be exactly 0 or 1
+            arr = np.frombuffer(raw, dtype=np.uint8) != 0
+        else:
+            arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+        st = self._storages[key] = _Storage(key, storage_type, numel, arr)
+        return st
+
+
+def _check_view(key, t):
+    """Returns (size, stride, numel, end) of a tensor view, or raises _Bad naming the tensor."""
+    st = t.storage
+    where = f"tensor {key!r} (storage {st.key!r}, {st.numel} elements)"
+    offset, size, stride = t.offset, t.size, t.stride
+    if not _is_int(offset) or offset < 0:
+        raise _Bad(f"{where}: storage offset {_short(offset)}, expected an int >= 0")
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise _Bad(f"{where}: size {_short(size)} and stride {_short(stride)}, expected tuples of ints")
+    if len(size) != len(stride) or len(size) > MAX_DIMS:
+        raise _Bad(f"{where}: size has {len(size)} dims and stride {len(stride)}, "
+                   f"expected equal lengths of at most {MAX_DIMS}")
+    for name, dims in (("size", size), ("stride", stride)):
+        if not all(_is_int(d) and d >= 0 for d in dims):
+            raise _Bad(f"{where}: {name} {_short(tuple(dims))}, expected ints >= 0")
+    size, stride = tuple(size), tuple(stride)
+    # A zero-size tensor addresses nothing, but its other dims still bound what numpy is asked to shape.
+    limit = max(st.numel, MAX_BROADCAST_ELEMENTS)
+    if math.prod(max(n, 1) for n in size) > limit:
+        raise _Bad(f"{where}: size {_short(size)} has more elements than its storage and than "
+                   f"{MAX_BROADCAST_ELEMENTS} (the limit for broadcast views)")
+    numel = math.prod(size)
+    if numel == 0:
+        end = offset
+    else:
+        end = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if end > st.numel:
+        raise _Bad(f"{where}: the view (offset {offset}, size {size}, stride {stride}) reaches element "
+                   f"{end - 1}, past the end of its storage")
+    return size, stride, numel, end
+
+
+def _copy_view(t, size, stride, numel, end):
+    arr = t.storage.array
+    if numel == 0:
+        return np.zeros(size, dtype=arr.dtype)
+    base = arr[t.offset:end]  # exactly the addressed range, so the strided view stays inside it
+    item = arr.itemsize
+    strides = tuple(s * item if n > 1 else 0 for n, s in zip(size, stride))
+    view = np.lib.stride_tricks.as_strided(base, shape=size, strides=strides, writeable=False)
+    return np.array(view)  # own, contiguous copy
+
+
+def _read_pickle(path):
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        pkl = [n for n in infos if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pkl) != 1:
+            raise _Bad(f"expected one data.pkl in the archive, found {len(pkl)}")
+        prefix = pkl[0][: -len("data.pkl")]
+        order = prefix + "byteorder"
+        if order in infos and zf.read(order).strip() != b"little":
+            raise _Bad("big-endian checkpoints are not supported")
+
+        def storage_record(key, nbytes, what):
+            member = f"{prefix}data/{key}"
+            if member not in infos:
+                raise _Bad(f"missing storage {member}")
+            # Checked before reading, so a wrong declared count cannot make us read (or inflate) a huge record.
+            if infos[member].file_size != nbytes:
+                raise _Bad(f"storage {member} has {infos[member].file_size} bytes, expected {nbytes} ({what})")
+            try:
+                raw = zf.read(member)
+            except _ZIP_ERRORS as e:
+                raise _Bad(f"damaged zip archive ({type(e).__name__}: {_short(str(e), 120)})") from None
+            if len(raw) != nbytes:
+                raise _Bad(f"storage {member} has {len(raw)} bytes, expected {nbytes} ({what})")
+            return raw
+
+        data = zf.read(pkl[0])
+        try:
+            return _RestrictedUnpickler(data, storage_record).load()
+        except _PICKLE_ERRORS as e:
+            raise _Bad(f"malformed data.pkl ({type(e).__name__}: {_short(str(e), 120)})") from None
 
 
 def load_state_dict(path):
     """Reads a `torch.save`d state dict (zip format) into `{name: numpy array}`.
 
     Raises `CheckpointError` (a `ValueError`) for the legacy non-zip format, for
-    pickles that reference anything but what a state dict needs, and for
-    malformed archives; `FileNotFoundError` for a missing file.
+    pickles that reference anything but what a state dict needs, for malformed
+    archives, storages or tensor views (see the module docstring for the checks and
+    limits); `FileNotFoundError` for a missing file.
     """
     with open(path, "rb") as f:
         head = f.read(4)
@@ -125,30 +282,40 @@ def load_state_dict(path):
         )
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a torch checkpoint (expected a zip archive with data.pkl)")
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
-        if len(pkl) != 1:
-            raise CheckpointError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
-        prefix = pkl[0][: -len("data.pkl")]
-        order = prefix + "byteorder"
-        if order in names and zf.read(order).decode().strip() != "little":
-            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
-
-        def load_storage(key):
-            member = f"{prefix}data/{key}"
-            if member not in names:
-                raise CheckpointError(f"{path}: missing storage {member}")
-            return zf.read(member)
-
-        obj = _RestrictedUnpickler(zf.read(pkl[0]), load_storage, path).load()
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    out = {}
-    for k, v in obj.items():
-        if not isinstance(v, np.ndarray):
-            raise CheckpointError(f"{path}: entry {k!r} is not a tensor")
-        out[k[7:] if k.startswith("module.") else k] = v  # DataParallel prefix
-    return out
+    try:
+        try:
+            obj = _read_pickle(path)
+        except _Bad:
+            raise
+        except _ZIP_ERRORS as e:
+            raise _Bad(f"damaged zip archive ({type(e).__name__}: {_short(str(e), 120)})") from None
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise _Bad(f"expected a state dict, found {type(obj).__name__}")
+        # dict.items: a BUILD may have set an instance attribute named `items` on the OrderedDict.
+        entries = list(dict.items(obj))
+        checked, total, storages = [], 0, {}
+        for k, v in entries:
+            if not isinstance(k, str):
+                raise _Bad(f"entry key {_short(k)} is not a str")
+            if not isinstance(v, _Tensor):
+                raise _Bad(f"entry {k!r} is not a tensor")
+            view = _check_view(k, v)
+            total += view[2]
+            storages[v.storage.key] = v.storage.numel
+            checked.append((k, v, view))
+        # Views of one storage repeated many times could otherwise multiply a small file's size.
+        budget = MAX_TOTAL_FACTOR * sum(storages.values()) + MAX_BROADCAST_ELEMENTS
+        if total > budget:
+            raise _Bad(f"the tensors have {total} elements in all, more than {MAX_TOTAL_FACTOR} times their "
+                       f"storages' {sum(storages.values())} plus {MAX_BROADCAST_ELEMENTS}")
+        out = {}
+        for k, v, view in checked:
+            name = k[7:] if k.startswith("module.") else k  # DataParallel prefix
+            if name in out:
+                raise _Bad(f"entry {k!r} and another entry both give the name {name!r}")
+            out[name] = _copy_view(v, *view)
+        return out
+    except _Bad as e:
+        raise CheckpointError(f"{path}: {e}") from None

@@ -467,3 +467,46 @@ def test_mixed_precision_step_has_every_gradient_and_stays_close_to_float32(prec
 
     moved = moved_by_steps(gan)
     assert moved == moved_by_steps(ref) and len(moved) >= len(gan.g_variables) - 2
+
+
+# --- failures -------------------------------------------------------------------------
+
+def test_a_diverging_run_stops_naming_step_and_term_and_keeps_its_checkpoints(tiny_preset, tmp_path, capsys):
+    from clade_tf.gan import NonFiniteError
+    from export.__main__ import main as export_main
+
+    run_quiet(tiny_cfg(steps=4), tmp_path / "r")
+    before = {n: sorted(os.listdir(tmp_path / "r" / n)) for n in ("ckpt-2", "ckpt-4")}
+    keras_file = (tmp_path / "r" / "generator.keras").read_bytes()
+    with pytest.raises(NonFiniteError, match=r"^step 5: loss G_Feat.* is (inf|nan).*ckpt-4 kept"):
+        run_quiet(tiny_cfg(steps=8, lambda_feat=1e38), tmp_path / "r")
+    assert [s for s, _ in list_checkpoints(tmp_path / "r")] == [2, 4]  # nothing rotated out
+    assert {n: sorted(os.listdir(tmp_path / "r" / n)) for n in ("ckpt-2", "ckpt-4")} == before
+    assert (tmp_path / "r" / "generator.keras").read_bytes() == keras_file
+    assert not [n for n in os.listdir(tmp_path / "r") if n.startswith(".tmp")]
+    # the checkpoint writer refuses non-finite weights on its own, and export refuses them too
+    from clade_tf.gan import build_gan
+
+    gan = build_gan(tiny_cfg())
+    gan.generator.conv_img.bias.assign(np.full(3, np.nan, np.float32))
+    with pytest.raises(NonFiniteError, match=r"step 9: 1 weights hold NaN/Inf \(e\.g\. generator/conv_img/bias\)"):
+        RunDirectory(tmp_path / "r").save_checkpoint(gan, 9)
+    assert [s for s, _ in list_checkpoints(tmp_path / "r")] == [2, 4]
+    gan.generator.save_weights(str(tmp_path / "nan.weights.h5"))
+    assert export_main(["--weights", str(tmp_path / "nan.weights.h5"), "--preset", "synthetic",
+                        "--out", str(tmp_path / "e"), "--formats", "tflite-fp32"]) == 2
+    assert "weights hold NaN/Inf (1 variables, e.g. generator/conv_img/bias)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "e")
+
+
+def test_cli_exits_non_zero_on_divergence(tiny_preset, tmp_path, capsys):
+    from train.cli import main
+
+    code = main(["--steps", "3", "--batch-size", "4", "--synthetic-length", "8", "--lambda-feat", "1e38",
+                 "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert code == 1, err[-2000:]
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: step 1: loss G_Feat is inf"), err[-2000:]
+    assert errors[0].endswith("no checkpoint written")
+    assert "done:" not in out and not [n for n in os.listdir(tmp_path / "r") if n.startswith("ckpt")]

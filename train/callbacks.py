@@ -1,5 +1,6 @@
 """The training callback: progress, TensorBoard scalars and sample grids, checkpoints."""
 
+import math
 import os
 
 import keras
@@ -8,6 +9,7 @@ import tensorflow as tf
 from clade_tf import viz
 from clade_tf.config import MonitorConfig
 from clade_tf.data import synthetic
+from clade_tf.gan import NonFiniteError
 
 
 def current_lr(opt):
@@ -95,9 +97,22 @@ class RunMonitor(keras.callbacks.Callback):
             self._bar = keras.utils.Progbar(self.total, stateful_metrics=["G_total", "D_total"])
             self._bar.update(step)
 
+    def check_finite(self, step, logs):
+        """Stops the run at the first NaN / Inf loss term, before anything of it is saved."""
+        bad = [k for k, v in (logs or {}).items() if not math.isfinite(float(v))]
+        if bad:
+            # the generator's terms first, the sums last: name the term that went first
+            bad.sort(key=lambda k: (k.endswith("_total"), not k.startswith("G_"), k))
+            also = f" (also {', '.join(bad[1:])})" if len(bad) > 1 else ""
+            good = self.run_dir.latest_checkpoint()[1]
+            kept = f"{good} kept" if good else "no checkpoint written"
+            raise NonFiniteError(f"step {step}: loss {bad[0]} is {float(logs[bad[0]])}{also}: training diverged "
+                                 f"(lower the learning rates or loss weights); {kept}")
+
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
         step = self.step
+        self.check_finite(step, logs)
         if self._bar is not None:
             self._bar.update(step, [(k, float(v)) for k, v in (logs or {}).items() if k.endswith("_total")],
                              finalize=step >= self.total)

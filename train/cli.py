@@ -172,6 +172,7 @@ def main(argv=None):
     import tensorflow as tf
 
     from clade_tf.data.folders import BadSample
+    from clade_tf.gan import NonFiniteError
     from train.run import UsageError, run
 
     args = build_parser().parse_args(argv)
@@ -181,6 +182,9 @@ def main(argv=None):
     except (UsageError, BadSample, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except tf.errors.InvalidArgumentError as e:
         msg = e.message.strip().splitlines()
         bad = [m for m in msg if "BadSample" in m or "label value" in m or "unreadable" in m]

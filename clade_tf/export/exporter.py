@@ -26,6 +26,7 @@ from clade_tf.data import sources
 from clade_tf.data.icpe import icpe_distance_map
 from clade_tf.export.converters import ExportError, serving_function, write_format
 from clade_tf.export.runtime import FORMATS, FP32_FORMATS, check_formats, load_runner
+from clade_tf.gan import non_finite_weights
 from clade_tf.inference import fold_for_inference
 
 FP32_TOLERANCE = 1e-4
@@ -137,6 +138,10 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
     against the fp32 TFLite model (see the module docstring).
     """
     check_formats(formats)
+    bad = non_finite_weights(generator)
+    if bad:
+        raise ExportError(f"the generator's weights hold NaN/Inf ({len(bad)} variables, e.g. {bad[0]}): its "
+                          "training diverged; export an earlier checkpoint")
     cfg = generator.config
     folded = fold_for_inference(generator)
     fn, names = serving_function(folded, batch)
