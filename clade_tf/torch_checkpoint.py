@@ -54,7 +54,10 @@ class _Bad(Exception):
 
 
 def _short(x, n=80):
-    r = " ".join(repr(x).split())
+    try:
+        r = " ".join(repr(x).split())
+    except (ValueError, RecursionError):  # an int past Python's digit limit, a deeply nested list
+        return f"<{type(x).__name__}>"
     return r if len(r) <= n else r[: n - 3] + "..."
 
 
@@ -87,7 +90,7 @@ class _Call(_Frozen):
 
 
 class _StorageType(_Frozen):
-    __slots__ = ("name", "dtype")
+    __slots__ = ("dtype", "name")
 
     def __init__(self, name):
         self.name = name
@@ -95,7 +98,7 @@ class _StorageType(_Frozen):
 
 
 class _Storage(_Frozen):
-    __slots__ = ("key", "type", "numel", "array")
+    __slots__ = ("array", "key", "numel", "type")
 
     def __init__(self, key, storage_type, numel, array):
         self.key, self.type, self.numel, self.array = key, storage_type, numel, array
@@ -104,7 +107,7 @@ class _Storage(_Frozen):
 class _Tensor(_Frozen):
     """Unchecked view metadata; checked and copied only once its state-dict key is known."""
 
-    __slots__ = ("storage", "offset", "size", "stride")
+    __slots__ = ("offset", "size", "storage", "stride")
 
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
@@ -177,10 +180,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             st = self._storages[key]
             if st.type is not storage_type or st.numel != numel:
                 raise _Bad(f"storage {key!r} is referenced as {st.type.name} of {st.numel} elements "
-                           f"and as {storage_type.name} of {numel}")
+                           f"and as {storage_type.name} of {_short(numel)}")
             return st
         dtype = storage_type.dtype
-        raw = self._storage_record(key, numel * dtype.itemsize, f"{numel} {storage_type.name} elements")
+        raw = self._storage_record(key, numel * dtype.itemsize, f"{_short(numel)} {storage_type.name} elements")
         if dtype == np.bool_:  # any nonzero byte is True; a numpy bool must be exactly 0 or 1
             arr = np.frombuffer(raw, dtype=np.uint8) != 0
         else:
@@ -216,8 +219,8 @@ def _check_view(key, t):
     else:
         end = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
     if end > st.numel:
-        raise _Bad(f"{where}: the view (offset {offset}, size {size}, stride {stride}) reaches element "
-                   f"{end - 1}, past the end of its storage")
+        raise _Bad(f"{where}: the view (offset {_short(offset)}, size {_short(size)}, stride {_short(stride)}) "
+                   f"reaches element {_short(end - 1)}, past the end of its storage")
     return size, stride, numel, end
 
 
@@ -249,7 +252,7 @@ def _read_pickle(path):
                 raise _Bad(f"missing storage {member}")
             # Checked before reading, so a wrong declared count cannot make us read (or inflate) a huge record.
             if infos[member].file_size != nbytes:
-                raise _Bad(f"storage {member} has {infos[member].file_size} bytes, expected {nbytes} ({what})")
+                raise _Bad(f"storage {member} has {infos[member].file_size} bytes, expected {_short(nbytes)} ({what})")
             try:
                 raw = zf.read(member)
             except _ZIP_ERRORS as e:
@@ -312,7 +315,7 @@ def load_state_dict(path):
                        f"storages' {sum(storages.values())} plus {MAX_BROADCAST_ELEMENTS}")
         out = {}
         for k, v, view in checked:
-            name = k[7:] if k.startswith("module.") else k  # DataParallel prefix
+            name = k.removeprefix("module.")  # DataParallel prefix
             if name in out:
                 raise _Bad(f"entry {k!r} and another entry both give the name {name!r}")
             out[name] = _copy_view(v, *view)

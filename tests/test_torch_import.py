@@ -1,6 +1,8 @@
 """Importing official PyTorch checkpoints without torch: the reader, its safety, and parity."""
 
 import os
+import pickle
+import zipfile
 
 import keras
 import numpy as np
@@ -30,12 +32,25 @@ def test_reader_matches_torch_values_dtypes_views_and_scalars():
 
 
 def test_reader_refuses_code_execution_and_unneeded_globals(tmp_path):
-    marker = "/tmp/pwned"
-    if os.path.exists(marker):
-        os.remove(marker)
+    # the fixture's payload writes to a fixed path outside the test, so only its refusal is checked here
     with pytest.raises(CheckpointError, match=r"refusing to load global posix.system"):
         load_state_dict(fx("torch_malicious.pth"))
-    assert not os.path.exists(marker)
+    # the same attack aimed at tmp_path: plain pickle runs it, so the marker's absence after the reader means
+    # the reader ran nothing
+    marker = tmp_path / "pwned"
+    arg = str(marker).encode()
+    payload = (b"\x80\x02ccollections\nOrderedDict\n)R" + b"X\x08\x00\x00\x00a.weight" + b"cbuiltins\nopen\n"
+               + b"X" + len(arg).to_bytes(4, "little") + arg + b"X\x01\x00\x00\x00w\x86R" + b"s.")
+    pickle.loads(payload)["a.weight"].close()
+    assert marker.exists()
+    marker.unlink()
+    pth = tmp_path / "malicious.pth"
+    with zipfile.ZipFile(fx("torch_malicious.pth")) as src, zipfile.ZipFile(pth, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, payload if name.endswith("/data.pkl") else src.read(name))
+    with pytest.raises(CheckpointError, match=r"refusing to load global builtins.open"):
+        load_state_dict(str(pth))
+    assert not marker.exists()
     with pytest.raises(CheckpointError, match=r"refusing to load global __builtin__.eval"):
         load_state_dict(fx("torch_odd_global.pth"))
 
