@@ -75,18 +75,41 @@ def load_weights_checked(model, path, architecture):
                                f"arrays, the model has {len(model.weights)}")
 
 
+def _opt_key(var):
+    """A checkpoint key of an optimizer variable that does not depend on how many optimizers
+    the process built before (`adam_4/generator_fc_kernel_momentum` -> `adam|generator_fc_...`)."""
+    owner, _, name = var.path.partition("/")
+    return f"{re.sub(r'_[0-9]+$', '', owner)}|{name}"
+
+
+def _is_learning_rate(key):
+    # the rate comes from the run configuration (a changed --g-lr, a new --decay-start), not the file
+    return key.endswith("|learning_rate")
+
+
 def _opt_arrays(opt):
-    return {f"{i:04d}": np.asarray(v.numpy()) for i, v in enumerate(opt.variables)}
+    return {_opt_key(v): np.asarray(v.numpy()) for v in opt.variables}
 
 
 def _load_opt(opt, path):
     with np.load(path) as data:
-        arrays = [data[k] for k in sorted(data.files)]
-    if len(arrays) != len(opt.variables):
-        raise ValueError(
-            f"{path}: {len(arrays)} optimizer variables saved, the optimizer has {len(opt.variables)}"
-        )
-    for var, value in zip(opt.variables, arrays):
+        saved = {k: data[k] for k in data.files}
+    if saved and all(k.isdigit() for k in saved):  # checkpoints that stored the variables by index
+        arrays = [saved[k] for k in sorted(saved)]
+        if len(arrays) != len(opt.variables):
+            raise ValueError(f"{path}: {len(arrays)} optimizer variables saved, the optimizer has "
+                             f"{len(opt.variables)}")
+        pairs = list(zip(opt.variables, arrays))
+    else:
+        wanted = {_opt_key(v): v for v in opt.variables if not _is_learning_rate(_opt_key(v))}
+        missing = sorted(set(wanted) - set(saved))
+        extra = sorted(k for k in set(saved) - set(wanted) if not _is_learning_rate(k))
+        if missing or extra:
+            raise ValueError(f"{path} does not fit the optimizer: "
+                             + "; ".join(f"{len(x)} {what} (e.g. {x[0]})"
+                                         for what, x in (("missing", missing), ("unexpected", extra)) if x))
+        pairs = [(v, saved[k]) for k, v in wanted.items()]
+    for var, value in pairs:
         if tuple(var.shape) != value.shape:
             raise ValueError(f"{path}: shape {value.shape} does not fit {var.path} {tuple(var.shape)}")
         var.assign(value)

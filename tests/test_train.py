@@ -80,6 +80,15 @@ def test_resume_continues_step_count_weights_and_data(tiny_preset, tmp_path):
     # nothing more to do at the total
     d = run_quiet(tiny_cfg(steps=6), tmp_path / "a")
     assert d["final_step"] == 6 and d["start_step"] == 6 and d["nothing_to_do"]
+    # a resume applies (and records) new learning rates and a new decay: lr(7) = 5e-5 * (1 - 1/2)
+    run_quiet(tiny_cfg(steps=8, g_lr=5e-5, decay_start=6), tmp_path / "a")
+    assert RunDirectory(tmp_path / "a").read_config().optim.g_lr == 5e-5
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "a" / "logs" / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    lr = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("lr/generator")}
+    assert lr[6] == pytest.approx(1e-4) and lr[7] == pytest.approx(2.5e-5) and lr[8] == pytest.approx(0.0)
 
 
 def test_tensorboard_has_losses_lrs_images_and_fidelity(tiny_preset, tmp_path):

@@ -53,13 +53,12 @@ def is_chief(strategy):
 
 
 def check_run_dir(run_dir: RunDirectory, cfg: RunConfig):
-    """Writes config.json, or checks it matches when the run directory holds a run."""
+    """Refuses to continue a run with settings a resume cannot change (before anything is written)."""
     if run_dir.has_config() and run_dir.latest_checkpoint()[0] is not None:
         diffs = cfg.resume_differences(run_dir.read_config())
         if diffs:
             raise UsageError(f"{run_dir.path} holds a run with different settings: {'; '.join(diffs)}; "
                              "use another --out or the original flags")
-    run_dir.write_config(cfg)
 
 
 def tensorboard_hint(out):
@@ -100,6 +99,10 @@ def run(cfg: RunConfig, out, strategy="auto", resume_required=False, verbose=1):
         start = RunDirectory.restore_checkpoint(ckpt, gan)
         if verbose:
             print(f"resuming from {ckpt} (step {start} of {o.steps})")
+    if chief:
+        # after the restore succeeded: config.json records the settings the run really continues with
+        # (learning rates, loss weights and intervals may change on resume)
+        run_dir.write_config(cfg)
     summary = {"run_dir": out, "start_step": start, "total_steps": o.steps,
                "steps_per_epoch": spe, "replicas": strategy.num_replicas_in_sync}
     if start >= o.steps:
