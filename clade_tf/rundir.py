@@ -267,21 +267,15 @@ class RunDirectory:
         return path
 
     def write_imported(self, cfg: RunConfig, generator, encoder, source, force=False):
-        """Writes an imported generator (+ encoder) as a run directory, atomically."""
-        out = self.path
-        if os.path.exists(out) and os.listdir(out) and not force:
-            raise ConfigError(f"--out {out} exists and is not empty (use --force to replace it)")
-        tmp = RunDirectory(f"{out.rstrip('/')}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp.path, ignore_errors=True)
-        os.makedirs(tmp.path)
-        try:
+        """Writes an imported generator (+ encoder) as a run directory, atomically; `force`
+        replaces an earlier imported run only (`clade_tf.outdir`)."""
+        from clade_tf.outdir import replace_directory
+
+        inputs = [p for p in (source or {}).values() if isinstance(p, str)]
+        with replace_directory(self.path, "imported run", force, inputs) as tmp_path:
+            tmp = RunDirectory(tmp_path)
             tmp.write_config(cfg, source=source)
             generator.save_weights(tmp.file(GENERATOR_WEIGHTS))
             tmp.save_generator(generator)
             if encoder is not None:
                 encoder.save_weights(tmp.file("encoder.weights.h5"))
-            if os.path.exists(out):
-                shutil.rmtree(out)
-            os.rename(tmp.path, out)
-        finally:
-            shutil.rmtree(tmp.path, ignore_errors=True)

@@ -113,7 +113,7 @@ def main(argv=None):
                 print(f"notice: int8 calibration on {args.calibration_samples} blocky random label maps, not the "
                       f"training data: {reason}")
         report = export(g, args.out, formats, batch=args.batch, force=args.force,
-                        calibration=calibration, calibration_source=source)
+                        calibration=calibration, calibration_source=source, inputs=(args.run, args.weights))
     except (ExportError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -157,6 +157,12 @@ def test_export_from_weights_and_preset(tiny_synthetic, tmp_path):
     assert export_main(["--weights", weights, "--preset", "synthetic", "--param-free-norm", "batch",
                         "--out", str(out), "--formats", "tflite"]) == 0
     assert sorted(os.listdir(out)) == ["model_fp32.tflite", "report.json"]
+    # --force replaces an earlier export, and the temporary folder of a killed export goes too
+    stale = tmp_path / "exp.tmp-999999999"
+    stale.mkdir()
+    assert export_main(["--weights", weights, "--preset", "synthetic", "--param-free-norm", "batch",
+                        "--out", str(out), "--formats", "tflite", "--force"]) == 0
+    assert not stale.exists() and sorted(os.listdir(tmp_path)) == ["G.weights.h5", "exp"]
     report = json.loads((out / "report.json").read_text())
     assert report["generator"] == cfg.to_dict() and report["formats"]["model_fp32.tflite"]["ok"]
     # the exported model is the saved generator (not a freshly initialised one)
@@ -330,3 +336,24 @@ def test_fp16_and_int8_are_measured_against_fp32_tflite(tmp_path, monkeypatch, c
         assert entry["rel_l2"] == pytest.approx(err) and entry["psnr_db"] == pytest.approx(psnr)
         assert entry["rel_l2"] > 1.5 and exporter.compare(outputs[name], keras_out)[0] < 0.5  # not vs Keras
         assert 0 < entry["saturated_fraction"] == pytest.approx(np.mean(np.abs(ref) > 0.99))
+
+
+def test_force_never_deletes_what_is_not_an_earlier_export(tmp_path, monkeypatch, capsys):
+    run, _ = make_run(tmp_path, norm_mode="clade")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    (tmp_path / "file").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (".", "--out . is the current directory or a parent of it"),
+        (str(tmp_path.parent), "is the current directory or a parent of it"),
+        (run, f"--out {run} would replace the input {run}"),
+        ("mine", "--force replaces only an earlier export; mine is not an output of this project, so it is kept"),
+        ("file", "--out file is a file, not a directory"),
+    ]
+    for out, message in cases:
+        assert export_main(["--run", run, "--out", out, "--formats", "tflite", "--force"]) == 2, out
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("error: ") and message in err, err
+    assert sorted(os.listdir(tmp_path)) == ["file", "mine", "run"]
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "x" and os.listdir(run)

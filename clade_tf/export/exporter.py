@@ -14,10 +14,8 @@ tanh saturates, small pre-tanh differences vanish, so a large fraction makes the
 comparison less meaningful.
 """
 
-import contextlib
 import json
 import os
-import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +26,7 @@ from clade_tf.export.converters import ExportError, serving_function, write_form
 from clade_tf.export.runtime import FORMATS, FP32_FORMATS, check_formats, load_runner
 from clade_tf.gan import non_finite_weights
 from clade_tf.inference import fold_for_inference
+from clade_tf.outdir import check_output, replace_directory
 
 FP32_TOLERANCE = 1e-4
 SATURATION = 0.99  # |image| above this counts as a saturated (tanh) output pixel
@@ -96,24 +95,6 @@ def conversion_order(formats):
     return work
 
 
-@contextlib.contextmanager
-def atomic_directory(out_dir, force=False):
-    """Yields a temporary directory that replaces `out_dir` when the block succeeds and is
-    removed when it fails: a failed export leaves nothing behind."""
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not force:
-        raise ExportError(f"--out {out_dir} exists and is not empty (use --force to replace it)")
-    tmp = f"{out_dir.rstrip('/')}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def verify(kind, out, reference, tflite_reference, what):
     """The report entry of `kind`'s output `out`; fp32 formats must match the Keras model."""
     if kind in FP32_FORMATS:
@@ -129,8 +110,11 @@ def verify(kind, out, reference, tflite_reference, what):
 
 
 def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
-           calibration_source=None):
+           calibration_source=None, inputs=()):
     """Writes the formats into `out_dir` (atomically) and returns the report dict.
+
+    `force` replaces an earlier export only, never `inputs` (the run or weights file
+    exported) or a folder holding them (`clade_tf.outdir`).
 
     `calibration`: int8 representative inputs (list of input dicts; default: 8 blocky
     random label maps) and `calibration_source` its description for the report.
@@ -138,6 +122,7 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
     against the fp32 TFLite model (see the module docstring).
     """
     check_formats(formats)
+    check_output(out_dir, "export", force, inputs)  # before minutes of conversion
     bad = non_finite_weights(generator)
     if bad:
         raise ExportError(f"the generator's weights hold NaN/Inf ({len(bad)} variables, e.g. {bad[0]}): its "
@@ -155,7 +140,7 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
               "generator": cfg.to_dict(), "formats": {}}
     if "tflite-int8" in formats:
         report["calibration"] = calibration_source or "given inputs"
-    with atomic_directory(out_dir, force) as tmp:
+    with replace_directory(out_dir, "export", force, inputs) as tmp:
         entries, tflite_out = {}, None
         for kind in conversion_order(formats):
             name = FORMATS[kind] if kind in formats else REFERENCE_TFLITE

@@ -1,0 +1,96 @@
+"""Writing an output directory atomically, and replacing one only when that is safe.
+
+Exports and imported runs are written to `<out>.tmp-<pid>` and renamed into place when
+complete, so a failed or killed writer never leaves a half-written `<out>`. `force`
+replaces an existing, non-empty `<out>` only when it is the same kind of output this
+project wrote (an export replaces an export, an imported run an imported run) and is
+neither the current directory, nor a parent of it, nor one of the inputs or a parent
+of them: user data is never deleted by a flag meant to overwrite an old result.
+"""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+
+
+class OutputError(ValueError):
+    """An output directory that cannot (or may not) be written; the message says why."""
+
+
+def _kind_of(path):
+    """What this project wrote at `path`: `export`, `imported run`, `training run` or None."""
+    if os.path.isfile(os.path.join(path, "report.json")) and not os.path.exists(os.path.join(path, "config.json")):
+        return "export"
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        if any(re.match(r"^ckpt-\d+$", n) for n in os.listdir(path)):
+            return "training run"
+        try:
+            with open(config) as f:
+                return "imported run" if "source" in json.load(f) else "training run"
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _inside(path, parent):
+    path, parent = os.path.realpath(path), os.path.realpath(parent)
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def remove_stale_temporaries(out):
+    """Removes `<out>.tmp-<pid>` folders of writers that are gone (killed mid-write)."""
+    out = os.path.abspath(out.rstrip("/") or "/")
+    parent, base = os.path.dirname(out), os.path.basename(out)
+    if not os.path.isdir(parent):
+        return
+    for name in os.listdir(parent):
+        m = re.match(rf"^{re.escape(base)}\.tmp-(\d+)$", name)
+        if m and int(m.group(1)) != os.getpid() and not os.path.exists(f"/proc/{m.group(1)}"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def check_output(out, kind, force=False, inputs=()):
+    """Raises `OutputError` unless `out` may be written as `kind` (see the module doc)."""
+    if not out or not out.strip("/"):
+        raise OutputError(f"--out {out!r}: not a directory this project may write")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"--out {out} is a file, not a directory")
+    if _inside(os.getcwd(), out):
+        raise OutputError(f"--out {out} is the current directory or a parent of it; name a new directory")
+    for given in inputs:
+        if given and _inside(given, out):
+            raise OutputError(f"--out {out} would replace the input {given}; name another directory")
+    if os.path.isdir(out) and os.listdir(out):
+        if not force:
+            raise OutputError(f"--out {out} exists and is not empty (use --force to replace it)")
+        found = _kind_of(out)
+        if found != kind:
+            what = f"a {found}" if found else "not an output of this project"
+            raise OutputError(f"--force replaces only an earlier {kind}; {out} is {what}, so it is kept")
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK):
+        raise OutputError(f"--out {out}: {parent} is not writable")
+
+
+@contextlib.contextmanager
+def replace_directory(out, kind, force=False, inputs=()):
+    """Yields a temporary directory that becomes `out` when the block succeeds and is removed
+    when it fails. Checks first (`check_output`) and clears stale temporaries."""
+    check_output(out, kind, force, inputs)
+    remove_stale_temporaries(out)
+    tmp = f"{out.rstrip('/')}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+    except OSError as e:
+        raise OutputError(f"--out {out}: cannot create {tmp} ({e.strerror})") from None
+    try:
+        yield tmp
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
