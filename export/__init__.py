@@ -1,16 +1,3 @@
 """The export application: `python -m export` (export, verified), `export.infer` (run an
 exported model on label PNGs), `export.from_torch` (import official PyTorch checkpoints).
 The work is done by `clade_tf.export`; these modules parse flags and print."""
-
-import argparse
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written, and every option's default (where the help text does
-    not already say what the default means)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default:" in text or action.default is argparse.SUPPRESS or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)"

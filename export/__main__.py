@@ -18,12 +18,11 @@ import dataclasses
 import os
 import sys
 
-from export import HelpFormatter
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_parser():
+    from clade_tf.cli import HelpFormatter
     from clade_tf.export.exporter import CALIBRATION_SAMPLES
     from clade_tf.export.runtime import FORMATS
     from clade_tf.presets import PRESETS

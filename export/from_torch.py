@@ -112,7 +112,7 @@ def run(args):
 
 def main(argv=None):
     from clade_tf.presets import PRESETS
-    from export import HelpFormatter
+    from clade_tf.cli import HelpFormatter
 
     p = argparse.ArgumentParser(prog="python -m export.from_torch", description=__doc__,
                                 formatter_class=HelpFormatter)

@@ -18,8 +18,6 @@ import sys
 
 import numpy as np
 
-from export import HelpFormatter
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -127,6 +125,8 @@ def run(args):
 
 
 def main(argv=None):
+    from clade_tf.cli import HelpFormatter
+
     p = argparse.ArgumentParser(prog="python -m export.infer", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--model", required=True,

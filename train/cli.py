@@ -18,18 +18,8 @@ DATASETS = ("synthetic", "ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff",
 DEFAULT_SYNTHETIC_STEPS = 800
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written, and every option's default (where the help text does
-    not already say what the default means)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default:" in text or action.default is argparse.SUPPRESS or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 def build_parser():
+    from clade_tf.cli import HelpFormatter
     from clade_tf.config import DataConfig, MonitorConfig, OptimConfig
     from train.run import STRATEGIES
 
