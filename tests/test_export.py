@@ -102,6 +102,8 @@ def test_export_errors(tmp_path, capsys):
     run, _ = make_run(tmp_path, norm_mode="clade")
     assert export_main(["--run", run, "--out", str(tmp_path / "e"), "--formats", "tflite,coreml"]) == 2
     assert "unknown format(s) ['coreml']" in capsys.readouterr().err
+    assert export_main(["--run", run, "--out", str(tmp_path / "e"), "--formats", ","]) == 2
+    assert "--formats ',': no format named" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "e")
 
 
