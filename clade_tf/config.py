@@ -303,8 +303,9 @@ class RunConfig:
     def __post_init__(self):
         g, d = self.generator, self.data
         if g.num_classes != d.num_classes:
+            dontcare = " + don't-care" if d.contain_dontcare else ""
             raise ConfigError(f"the generator has {g.num_classes} classes, the data {d.num_classes} "
-                              f"(label_nc {d.label_nc}{' + don`t-care' if d.contain_dontcare else ''})")
+                              f"(label_nc {d.label_nc}{dontcare})")
         if g.use_instance and not d.use_instance:
             raise ConfigError(f"the generator uses instance maps, the {d.dataset} data has none")
 

@@ -519,3 +519,25 @@ def test_cli_exits_non_zero_on_divergence(tiny_preset, tmp_path, capsys):
     assert len(errors) == 1 and errors[0].startswith("error: step 1: loss G_Feat is inf"), err[-2000:]
     assert errors[0].endswith("no checkpoint written")
     assert "done:" not in out and not [n for n in os.listdir(tmp_path / "r") if n.startswith("ckpt")]
+
+
+def test_run_config_round_trip_legacy_records_and_mismatches():
+    import dataclasses
+
+    from clade_tf.config import ConfigError, RunConfig
+
+    cfg = presets.get_preset("cityscapes").run_config("clade-icpe", dataroot="/data/cs", seed=3,
+                                                      optim=OptimConfig(batch_size=2, steps=10, decay_start=5))
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # a config.json of the earlier flat layout (preset + train sections) still reads
+    preset = presets.get_preset("cityscapes")
+    legacy = {"preset": dataclasses.asdict(preset), "generator": cfg.generator.to_dict(),
+              "discriminator": cfg.discriminator.to_dict(),
+              "train": {"dataset": "cityscapes", "dataroot": "/data/cs", "norm": "clade-icpe", "batch_size": 2,
+                        "steps": 10, "out": "runs/x", "seed": 3, "decay_start": 5, "strategy": "auto",
+                        "mixed_precision": False, "label_nc": None, "use_vae": False}}
+    assert RunConfig.from_dict(legacy) == cfg
+    with pytest.raises(ConfigError, match=r"the generator has 3 classes, the data 35 \(label_nc 35\)"):
+        RunConfig(data=cfg.data, generator=dataclasses.replace(cfg.generator, num_classes=3))
+    with pytest.raises(ConfigError, match=r"RunConfig: unknown keys \['extra'\]"):
+        RunConfig.from_dict({**cfg.to_dict(), "extra": 1})
