@@ -6,12 +6,14 @@ configuration uses them, `instance` int32 [N,H,W], `dist` float32 [N,H,W,2],
 The exported graph is the folded inference graph (`clade_tf.inference`).
 
 Verification (`report.json`): fp32 formats are compared with the Keras model and
-must be within `FP32_TOLERANCE` relative L2; fp16 / int8 formats are compared with
-the fp32 TFLite model's output (converted for the comparison even when `tflite-fp32`
-is not requested), so their error is the quantization error alone. Every entry also
-records `saturated_fraction`, the share of reference pixels with |y| > 0.99: where
-tanh saturates, small pre-tanh differences vanish, so a large fraction makes the
-comparison less meaningful.
+must be within `FP32_TOLERANCE` relative L2, or the export fails; fp16 / int8 formats
+are compared with the fp32 TFLite model's output (converted for the comparison even
+when `tflite-fp32` is not requested), so their error is the quantization error alone,
+and each has its own limit (`QUANTIZED_TOLERANCE`). Every entry records `limit` and
+`ok` (`rel_l2 <= limit`); a quantized format over its limit is still written, with
+`ok: false`. Every entry also records `saturated_fraction`, the share of reference
+pixels with |y| > 0.99: where tanh saturates, small pre-tanh differences vanish, so a
+large fraction makes the comparison less meaningful.
 """
 
 import json
@@ -28,7 +30,14 @@ from clade_tf.gan import non_finite_weights
 from clade_tf.inference import fold_for_inference
 from clade_tf.outdir import check_output, replace_directory
 
-FP32_TOLERANCE = 1e-4
+FP32_TOLERANCE = 1e-4  # relative L2 vs Keras; measured 1e-7 (default run) to 2e-6 (test models)
+# Relative L2 vs the fp32 TFLite model. Measured on the default run (README, synthetic
+# 64x64 trained 800 steps): fp16 1.7e-4, dynamic int8 1.4e-2 (9.6e-3 in an earlier
+# run), full int8 7.5e-2 (6.8e-2); on the tests' unsaturated random-weight generators
+# (tests/test_export.py, 4 configurations x 2-4 seeds): fp16 <= 5.2e-4, dynamic int8
+# <= 1.7e-2, full int8 <= 0.19. Each limit is several times the largest of these and
+# far below the 1.0 of an all-zero (or uncorrelated) output.
+QUANTIZED_TOLERANCE = {"tflite-fp16": 1e-2, "tflite-int8-dynamic": 0.1, "tflite-int8": 0.3}
 SATURATION = 0.99  # |image| above this counts as a saturated (tanh) output pixel
 CALIBRATION_SAMPLES = 32
 REFERENCE_TFLITE = ".fp32_reference.tflite"  # scratch fp32 TFLite when `tflite-fp32` is not requested
@@ -95,17 +104,24 @@ def conversion_order(formats):
     return work
 
 
+def tolerance(kind):
+    """The largest relative L2 error `kind` may have against its reference."""
+    return FP32_TOLERANCE if kind in FP32_FORMATS else QUANTIZED_TOLERANCE[kind]
+
+
 def verify(kind, out, reference, tflite_reference, what):
-    """The report entry of `kind`'s output `out`; fp32 formats must match the Keras model."""
-    if kind in FP32_FORMATS:
-        entry = report_entry(out, reference, "keras")
-        entry["ok"] = entry["rel_l2"] <= FP32_TOLERANCE
-        if not entry["ok"]:
-            raise ExportError(f"{what}: relative L2 error {entry['rel_l2']:.2e} vs the Keras model "
-                              f"exceeds {FP32_TOLERANCE:g}")
-        return entry
-    entry = report_entry(out, tflite_reference, "tflite fp32")
-    entry["ok"] = bool(np.isfinite(entry["rel_l2"]))
+    """The report entry of `kind`'s output `out`, `ok` when within `tolerance(kind)`.
+
+    fp32 formats are compared with the Keras model and raise `ExportError` when not
+    ok (a conversion error); fp16 / int8 ones with the fp32 TFLite output, and are
+    only marked (quantization error depends on the weights)."""
+    fp32 = kind in FP32_FORMATS
+    entry = report_entry(out, reference if fp32 else tflite_reference, "keras" if fp32 else "tflite fp32")
+    entry["limit"] = tolerance(kind)
+    entry["ok"] = bool(entry["rel_l2"] <= entry["limit"])  # False for NaN too
+    if fp32 and not entry["ok"]:
+        raise ExportError(f"{what}: relative L2 error {entry['rel_l2']:.2e} vs the Keras model "
+                          f"exceeds {FP32_TOLERANCE:g}")
     return entry
 
 
@@ -119,7 +135,8 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
     `calibration`: int8 representative inputs (list of input dicts; default: 8 blocky
     random label maps) and `calibration_source` its description for the report.
     fp32 formats are verified against the Keras model, fp16 / int8 ones measured
-    against the fp32 TFLite model (see the module docstring).
+    against the fp32 TFLite model and marked `ok: false` over their limit (see the
+    module docstring).
     """
     check_formats(formats)
     check_output(out_dir, "export", force, inputs)  # before minutes of conversion
