@@ -15,6 +15,28 @@ import re
 import shutil
 
 
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_tree(path):
+    """Flushes every file and folder under `path` (and `path`) to disk, before a rename
+    publishes them: a renamed-but-empty file after a power cut is what this prevents."""
+    for parent, _, files in os.walk(path, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(parent, name))
+        fsync_dir(parent)
+
+
 class OutputError(ValueError):
     """An output directory that cannot (or may not) be written; the message says why."""
 
@@ -52,6 +74,24 @@ def remove_stale_temporaries(out):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
+def check_writable(path, flag="--out"):
+    """Raises `OutputError` unless the directory `path` exists and is writable, or can be
+    created: its nearest existing ancestor is a writable directory."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise OutputError(f"{flag} {path} is a file, not a directory")
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"{flag} {path} is not writable")
+        return
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise OutputError(f"{flag} {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise OutputError(f"{flag} {path}: {ancestor} is not writable")
+
+
 def check_output(out, kind, force=False, inputs=()):
     """Raises `OutputError` unless `out` may be written as `kind` (see the module doc)."""
     if not out or not out.strip("/"):
@@ -70,8 +110,9 @@ def check_output(out, kind, force=False, inputs=()):
         if found != kind:
             what = f"a {found}" if found else "not an output of this project"
             raise OutputError(f"--force replaces only an earlier {kind}; {out} is {what}, so it is kept")
+    check_writable(out)
     parent = os.path.dirname(os.path.abspath(out))
-    if os.path.isdir(parent) and not os.access(parent, os.W_OK):
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK):  # the output is renamed into place there
         raise OutputError(f"--out {out}: {parent} is not writable")
 
 
@@ -89,8 +130,10 @@ def replace_directory(out, kind, force=False, inputs=()):
         raise OutputError(f"--out {out}: cannot create {tmp} ({e.strerror})") from None
     try:
         yield tmp
+        fsync_tree(tmp)
         if os.path.exists(out):
             shutil.rmtree(out)
         os.rename(tmp, out)
+        fsync_dir(os.path.dirname(os.path.abspath(out)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

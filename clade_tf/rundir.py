@@ -9,39 +9,133 @@
 
 Training, export, import and evaluation all go through `RunDirectory`.
 
-Checkpoints are written under a temporary name and renamed into place, so after a
-`kill -9` only complete checkpoints exist; the newest complete one is what a resumed
-run continues from. The step is also the data position (the pipeline is a pure
+Checkpoints are written under a temporary name, flushed to disk (fsync) and renamed
+into place, so after a `kill -9` or a power cut only complete checkpoints exist. Each
+holds a `manifest.json` with the size and SHA-256 of its files; a checkpoint is checked
+against it when it is read, and a damaged one is skipped (with a warning naming it) for
+the newest intact one. Before writing, the space a checkpoint needs is reserved, so a
+full disk stops the run with a one-line error instead of a half-written file. The step is also the data position (the pipeline is a pure
 function of it). `tf.train.Checkpoint` is not used: with Keras 3 objects it does not
 track layers held in lists (it silently skipped the spectral-norm state and BatchNorm
 statistics in our check).
 """
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 
 import numpy as np
 
 from clade_tf.config import ConfigError, RunConfig
 from clade_tf.networks import Generator
+from clade_tf.outdir import fsync_dir, fsync_file, fsync_tree
 
 _CKPT = re.compile(r"^ckpt-(\d+)$")
 CONFIG = "config.json"
 GENERATOR_KERAS = "generator.keras"
 GENERATOR_WEIGHTS = "generator.weights.h5"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+DAMAGED_PREFIX = "damaged-"
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
 
 
 class WeightsError(ValueError):
     """A weights file that is missing, unreadable, or does not fit the model."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, not writable); nothing was rotated out."""
+
+
+class RunLockedError(RuntimeError):
+    """The run directory is being written by another process."""
+
+
 def atomic_write_text(path, text):
+    """Writes `path` so that it is either the old or the new text, also after a power cut."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder):
+    """`manifest.json`: size and SHA-256 of every file in `folder`."""
+    files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
+             for n in sorted(os.listdir(folder)) if n != MANIFEST}
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump({"files": files}, f, indent=1)
+
+
+def verify_checkpoint(path):
+    """None if the checkpoint at `path` is intact, else what is wrong with it (one line).
+
+    Checkpoints with a manifest are checked file by file (size, SHA-256); older ones
+    without one only for their files being present and non-empty."""
+    manifest = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest):
+        needed = ("generator.weights.h5", "discriminator.weights.h5", "g_optimizer.npz", "d_optimizer.npz",
+                  "state.json")
+        for name in needed:
+            f = os.path.join(path, name)
+            if not os.path.isfile(f) or os.path.getsize(f) == 0:
+                return f"{name} is missing or empty"
+        return None
+    try:
+        with open(manifest) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} is unreadable ({e})"
+    for name, meta in files.items():
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            return f"{name} is missing"
+        if os.path.getsize(f) != meta["bytes"]:
+            return f"{name} has {os.path.getsize(f)} bytes, the manifest says {meta['bytes']}"
+        if _sha256(f) != meta["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+def _reserve_space(folder, nbytes):
+    """Makes sure `nbytes` can be written in `folder` before anything is: h5py fails
+    badly on a full disk (a traceback per object, then a crash at exit)."""
+    probe = os.path.join(folder, ".space-reservation")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, max(int(nbytes), 1))
+        finally:
+            os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
 
 
 def load_weights_checked(model, path, architecture):
@@ -115,6 +209,18 @@ def _load_opt(opt, path):
         var.assign(value)
 
 
+def _checkpoint_bytes(gan, previous):
+    """The space the next checkpoint needs: the previous one's size, or the arrays' size."""
+    if previous and os.path.isdir(previous):
+        size = sum(os.path.getsize(os.path.join(previous, n)) for n in os.listdir(previous))
+    else:
+        models = [m for m in (gan.generator, gan.discriminator, gan.encoder) if m is not None]
+        variables = [v for m in models for v in m.weights] + list(gan.g_optimizer.variables) + list(
+            gan.d_optimizer.variables)
+        size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    return size * 1.05 + (1 << 20)  # h5 / npz headers, the manifest
+
+
 class RunDirectory:
     """A run directory of `python -m train` (or of an imported checkpoint)."""
 
@@ -162,6 +268,26 @@ class RunDirectory:
         os.makedirs(self.path, exist_ok=True)
         atomic_write_text(self.config_path, json.dumps({**cfg.to_dict(), **extra}, indent=2))
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Holds an exclusive lock on the run directory while a trainer writes it. The
+        kernel releases it when the process ends, however it ends (`kill -9` too)."""
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(f"{self.path} is being written by another training process (pid {holder}); "
+                                 "wait for it to end or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        try:
+            yield self
+        finally:
+            os.close(fd)
+
     # -- checkpoints -------------------------------------------------------------------
     def checkpoints(self):
         """`[(step, path)]` of complete checkpoints, oldest first."""
@@ -179,6 +305,30 @@ class RunDirectory:
         ckpts = self.checkpoints()
         return ckpts[-1] if ckpts else (None, None)
 
+    def intact_checkpoints(self, set_aside=False):
+        """`[(step, path)]` of checkpoints that pass `verify_checkpoint`, newest first.
+
+        Damaged ones are named in a warning; with `set_aside` (the training chief) they are
+        renamed to `damaged-ckpt-<step>` (kept for inspection, never deleted) so that the
+        resumed run can write that step again."""
+        out = []
+        for step, path in reversed(self.checkpoints()):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                out.append((step, path))
+                continue
+            moved = ""
+            if set_aside:
+                target = self.file(f"{DAMAGED_PREFIX}ckpt-{step}")
+                n = 1
+                while os.path.exists(target):
+                    n += 1
+                    target = self.file(f"{DAMAGED_PREFIX}ckpt-{step}-{n}")
+                os.rename(path, target)
+                moved = f", moved to {target}"
+            warn(f"{path} is damaged ({problem}){moved}; it is not used")
+        return out
+
     def remove_partial_checkpoints(self):
         """Deletes temporary checkpoint folders a killed process left behind."""
         if os.path.isdir(self.path):
@@ -190,30 +340,42 @@ class RunDirectory:
         """Writes `ckpt-<step>` of a `CladeGAN` atomically; keeps the newest `keep`.
 
         Refuses (`NonFiniteError`, nothing written, nothing rotated out) when a weight
-        holds NaN or Inf: a diverged run must not replace its last good checkpoints."""
+        holds NaN or Inf: a diverged run must not replace its last good checkpoints.
+        Raises `CheckpointWriteError` (the temporary folder removed, nothing rotated out)
+        when the checkpoint cannot be written, e.g. on a full disk."""
         from clade_tf.gan import NonFiniteError, non_finite_weights
 
         final = self.file(f"ckpt-{step}")
         if os.path.isdir(final):
             return final
+        good = self.latest_checkpoint()[1]
         bad = non_finite_weights(gan.generator, gan.discriminator, gan.encoder)
         if bad:
-            good = self.latest_checkpoint()[1]
             raise NonFiniteError(f"step {step}: {len(bad)} weights hold NaN/Inf (e.g. {bad[0]}); checkpoint "
                                  f"not written, {good or 'no earlier checkpoint'} kept")
         tmp = self.file(f".tmp-ckpt-{step}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        gan.generator.save_weights(os.path.join(tmp, "generator.weights.h5"))
-        gan.discriminator.save_weights(os.path.join(tmp, "discriminator.weights.h5"))
-        if gan.encoder is not None:
-            gan.encoder.save_weights(os.path.join(tmp, "encoder.weights.h5"))
-        np.savez(os.path.join(tmp, "g_optimizer.npz"), **_opt_arrays(gan.g_optimizer))
-        np.savez(os.path.join(tmp, "d_optimizer.npz"), **_opt_arrays(gan.d_optimizer))
-        state = {"step": int(step), "seed_state": gan.seed_generator.state.numpy().tolist()}
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump(state, f)
-        os.rename(tmp, final)
+        try:
+            os.makedirs(tmp)
+            _reserve_space(tmp, _checkpoint_bytes(gan, good))
+            gan.generator.save_weights(os.path.join(tmp, "generator.weights.h5"))
+            gan.discriminator.save_weights(os.path.join(tmp, "discriminator.weights.h5"))
+            if gan.encoder is not None:
+                gan.encoder.save_weights(os.path.join(tmp, "encoder.weights.h5"))
+            np.savez(os.path.join(tmp, "g_optimizer.npz"), **_opt_arrays(gan.g_optimizer))
+            np.savez(os.path.join(tmp, "d_optimizer.npz"), **_opt_arrays(gan.d_optimizer))
+            state = {"step": int(step), "seed_state": gan.seed_generator.state.numpy().tolist()}
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump(state, f)
+            write_manifest(tmp)
+            fsync_tree(tmp)
+            os.rename(tmp, final)
+            fsync_dir(self.path)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            reason = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]
+            raise CheckpointWriteError(e.errno or errno.EIO, f"step {step}: cannot write the checkpoint in "
+                                       f"{self.path} ({reason}); {good or 'no earlier checkpoint'} kept") from None
         for _, old in self.checkpoints()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -234,16 +396,25 @@ class RunDirectory:
 
     # -- the generator -----------------------------------------------------------------
     def generator_weights(self, step=None):
-        """The generator weights file: the newest complete checkpoint's (or checkpoint
-        `step`'s), else an imported `generator.weights.h5`."""
+        """The generator weights file: the newest intact checkpoint's (or checkpoint
+        `step`'s), else an imported `generator.weights.h5`. A damaged newest checkpoint is
+        skipped with a warning that says which one is used instead."""
         ckpts = dict(self.checkpoints())
         if step is not None:
             if step not in ckpts:
                 raise WeightsError(f"{self.path}: no checkpoint ckpt-{step} (have: "
                                    f"{', '.join(str(s) for s in ckpts) or 'none'})")
+            problem = verify_checkpoint(ckpts[step])
+            if problem:
+                raise WeightsError(f"{ckpts[step]} is damaged ({problem})")
             return os.path.join(ckpts[step], "generator.weights.h5")
         if ckpts:
-            return os.path.join(ckpts[max(ckpts)], "generator.weights.h5")
+            intact = self.intact_checkpoints()
+            if not intact:
+                raise WeightsError(f"{self.path}: every checkpoint is damaged (see the warnings above)")
+            if intact[0][0] != max(ckpts):
+                warn(f"using {intact[0][1]} instead")
+            return os.path.join(intact[0][1], "generator.weights.h5")
         if os.path.isfile(self.file(GENERATOR_WEIGHTS)):
             return self.file(GENERATOR_WEIGHTS)
         raise WeightsError(f"{self.path}: no generator weights (ckpt-*/generator.weights.h5 or "
@@ -262,8 +433,15 @@ class RunDirectory:
         """Writes `generator.keras` atomically."""
         path = self.file(GENERATOR_KERAS)
         tmp = path + ".tmp.keras"
-        generator.save(tmp)
-        os.replace(tmp, path)
+        try:
+            generator.save(tmp)
+            fsync_file(tmp)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        fsync_dir(self.path)
         return path
 
     def write_imported(self, cfg: RunConfig, generator, encoder, source, force=False):

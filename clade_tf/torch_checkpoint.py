@@ -22,6 +22,7 @@ import collections
 import io
 import lzma
 import math
+import os
 import pickle
 import zipfile
 import zlib
@@ -276,6 +277,10 @@ def load_state_dict(path):
     archives, storages or tensor views (see the module docstring for the checks and
     limits); `FileNotFoundError` for a missing file.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder; expected a torch checkpoint file (*_net_G.pth)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"torch checkpoint not found: {path}")
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80" and not zipfile.is_zipfile(path):

@@ -116,12 +116,19 @@ def main(argv=None):
     except (ExportError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the disk filled up: the temporary export is removed, --out untouched
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     for name, r in report["formats"].items():
         print(f"{name:<26} rel_l2 {r['rel_l2']:.2e}  PSNR {r['psnr_db']:6.1f} dB  vs {r['reference']:<11} "
               f"saturated {r['saturated_fraction']:5.1%}  {'ok' if r['ok'] else 'FAILED'}")
     if "calibration" in report:
         print(f"int8 calibration: {report['calibration']}")
     print(f"wrote {args.out} (report.json)")
+    failed = [name for name, r in report["formats"].items() if not r["ok"]]
+    if failed:
+        print(f"error: {', '.join(failed)} failed verification (see {args.out}/report.json)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -111,8 +111,8 @@ def run(args):
 
 
 def main(argv=None):
-    from clade_tf.presets import PRESETS
     from clade_tf.cli import HelpFormatter
+    from clade_tf.presets import PRESETS
 
     p = argparse.ArgumentParser(prog="python -m export.from_torch", description=__doc__,
                                 formatter_class=HelpFormatter)
@@ -140,6 +140,9 @@ def main(argv=None):
     except (ImportErrorMessage, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the disk filled up while writing (nothing half-written is left)
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"imported {cfg.norm_mode} generator ({cfg.num_classes} classes, ngf {cfg.ngf}, "
           f"{cfg.image_height}x{cfg.image_width}{', VAE' if cfg.use_vae else ''}) into {args.out}")
     return 0

@@ -83,6 +83,22 @@ def list_pngs(path):
     return [path]
 
 
+def check_out(out, many):
+    """Before the model is loaded: `--out` must be a writable folder (several inputs) or
+    a PNG path in a writable folder (one input)."""
+    from clade_tf.outdir import OutputError, check_writable
+
+    try:
+        if many:
+            check_writable(out)
+            return
+        if os.path.isdir(out):
+            raise InferError(f"--out {out} is a folder; one label map gives one PNG: name a file")
+        check_writable(os.path.dirname(os.path.abspath(out)), flag=f"--out {out}: the folder")
+    except OutputError as e:
+        raise InferError(str(e)) from None
+
+
 def run(args):
     from clade_tf import viz
     from clade_tf.data.icpe import icpe_distance_map
@@ -100,6 +116,7 @@ def run(args):
         if len(insts) != len(labels):
             raise InferError(f"{len(labels)} label maps but {len(insts)} instance maps")
     many = len(labels) > 1 or os.path.isdir(args.labels)
+    check_out(args.out, many)
     if many:
         os.makedirs(args.out, exist_ok=True)
     try:
@@ -142,6 +159,9 @@ def main(argv=None):
     except InferError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the disk filled up while writing
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -43,6 +43,8 @@ def build_parser():
     a("--use-vae", action="store_true", help="train with the image encoder (z from the style of the real image)")
     a("--strategy", default="auto", choices=STRATEGIES,
       help="auto: MultiWorkerMirrored if TF_CONFIG lists several workers, Mirrored if several GPUs, else one device")
+    a("--peer-timeout", type=float, default=600, metavar="SECONDS",
+      help="multi-worker: stop with an error naming the task when a peer in TF_CONFIG does not answer in time")
     a("--seed", type=int, default=0, help="seed for data order, augmentation, init and sampling")
     a("--g-lr", type=float, default=o.g_lr, help="generator learning rate (TTUR)")
     a("--d-lr", type=float, default=o.d_lr, help="discriminator learning rate (TTUR)")
@@ -149,7 +151,7 @@ def resolve_label_nc(args):
         return n
     samples, _ = folders.list_samples("custom", args.dataroot, "train", False)
     palette = folders.load_palette(args.palette) if args.palette else None
-    classes = folders.scan_label_classes(samples, palette)
+    classes = folders.scan_label_classes(samples, palette, skip_bad=args.skip_bad_samples)
     if args.contain_dontcare:
         classes = [c for c in classes if c != 255]
     n = max(classes) + 1 if classes else 1
@@ -163,17 +165,28 @@ def main(argv=None):
 
     from clade_tf.data.folders import BadSample
     from clade_tf.gan import NonFiniteError
+    from clade_tf.rundir import CheckpointWriteError, RunLockedError
     from train.run import UsageError, run
 
     args = build_parser().parse_args(argv)
     try:
         cfg, out, strategy, resume_required = resolve(args)
-        summary = run(cfg, out, strategy=strategy, resume_required=resume_required)
+        summary = run(cfg, out, strategy=strategy, resume_required=resume_required,
+                      peer_timeout=args.peer_timeout)
     except (UsageError, BadSample, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteError as e:
+    except (NonFiniteError, RunLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except CheckpointWriteError as e:
+        print(f"error: {e.strerror}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # h5py's objects of a failed write crash the interpreter's shutdown; nothing is left to save
+        os._exit(1)
+    except OSError as e:  # e.g. the disk filled up while writing logs or generator.keras
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except tf.errors.InvalidArgumentError as e:
         msg = e.message.strip().splitlines()

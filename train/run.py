@@ -2,7 +2,10 @@
 
 import json
 import os
+import shutil
+import socket
 import sys
+import threading
 import time
 
 import keras
@@ -12,7 +15,8 @@ from clade_tf import viz
 from clade_tf.config import RunConfig
 from clade_tf.data import pipeline, sources
 from clade_tf.gan import build_gan
-from clade_tf.rundir import RunDirectory
+from clade_tf.outdir import OutputError, check_writable
+from clade_tf.rundir import RunDirectory, WeightsError
 from train.callbacks import RunMonitor
 
 NUM_SAMPLE_IMAGES = 32  # the fixed batch of sample grids and the synthetic fidelity
@@ -23,18 +27,99 @@ class UsageError(Exception):
     """A user mistake (bad flag, missing file): printed as one line, exit code 2."""
 
 
-def make_strategy(name):
-    if name not in STRATEGIES:
-        raise UsageError(f"--strategy {name!r}: expected one of {', '.join(STRATEGIES)}")
+def read_tf_config():
+    """TF_CONFIG as `(cluster, task)`, checked for the shape TensorFlow expects."""
+    text = os.environ.get("TF_CONFIG", "") or "{}"
     try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+        tf_config = json.loads(text)
     except json.JSONDecodeError as e:
         raise UsageError(f"TF_CONFIG is not valid JSON ({e})") from None
-    workers = len(tf_config.get("cluster", {}).get("worker", [])) + len(
-        tf_config.get("cluster", {}).get("chief", []))
+    if not isinstance(tf_config, dict):
+        raise UsageError(f"TF_CONFIG: expected a JSON object with 'cluster' and 'task', got {text[:60]!r}")
+    cluster, task = tf_config.get("cluster", {}), tf_config.get("task", {})
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise UsageError("TF_CONFIG: 'cluster' and 'task' must be JSON objects, e.g. {\"cluster\": {\"worker\": "
+                         "[\"host1:port\", \"host2:port\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}")
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            raise UsageError(f"TF_CONFIG cluster.{kind}: expected a list of 'host:port' strings, got {addresses!r}")
+    if cluster:
+        kind, index = task.get("type"), task.get("index", 0)
+        if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+            raise UsageError(f"TF_CONFIG task {task!r}: expected a type of the cluster ({', '.join(cluster)}) "
+                             "and an index into its list")
+    return cluster, task
+
+
+def wait_for_peers(cluster, task, timeout):
+    """Waits until every other task of the cluster answers on its TF_CONFIG address, or
+    raises `UsageError` naming the first one that did not within `timeout` seconds.
+
+    TensorFlow's own connection setup would wait silently, holding the interpreter, so
+    this runs before it: each task listens on its own address (which also checks that
+    the port is free) while it probes the others, then hands the port to TensorFlow."""
+    kind, index = task.get("type"), task.get("index", 0)
+    peers = [(k, i, addr) for k, addrs in cluster.items() for i, addr in enumerate(addrs) if (k, i) != (kind, index)]
+    own = cluster[kind][index]
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", int(own.rpartition(":")[2])))
+    except (OSError, ValueError) as e:
+        listener.close()
+        raise UsageError(f"TF_CONFIG's {kind} {index} (this task) at {own}: cannot listen there "
+                         f"({getattr(e, 'strerror', None) or e})") from None
+    listener.listen(16)
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def answer():
+        while not done.is_set():
+            try:
+                listener.accept()[0].close()
+            except OSError:
+                pass
+
+    responder = threading.Thread(target=answer, name="peer-answer", daemon=True)
+    responder.start()
+
+    def reachable(addr):
+        host, _, port = addr.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return True
+        except (OSError, ValueError):
+            return False
+
+    try:
+        deadline = time.monotonic() + timeout
+        waiting = list(peers)
+        while waiting:
+            waiting = [p for p in waiting if not reachable(p[2])]
+            if waiting and time.monotonic() > deadline:
+                k, i, addr = waiting[0]
+                raise UsageError(f"TF_CONFIG's {k} {i} at {addr} did not answer within {timeout:g} s "
+                                 "(--peer-timeout); start every task of the cluster, or check its address")
+            if waiting:
+                time.sleep(0.5)
+        # the others may still be probing this task: answer a little longer
+        time.sleep(min(2.0, timeout))
+    finally:
+        done.set()
+        responder.join()
+        listener.close()
+
+
+def make_strategy(name, peer_timeout=600.0):
+    if name not in STRATEGIES:
+        raise UsageError(f"--strategy {name!r}: expected one of {', '.join(STRATEGIES)}")
+    cluster, task = read_tf_config()
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
     if name == "multiworker" or (name == "auto" and workers > 1):
         if workers == 0:
             raise UsageError("--strategy multiworker needs TF_CONFIG describing the cluster")
+        if workers > 1:
+            wait_for_peers(cluster, task, peer_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
@@ -69,18 +154,56 @@ def tensorboard_hint(out):
     return f"{python} -m tensorboard.main --logdir {os.path.dirname(out.rstrip('/')) or '.'}"
 
 
-def run(cfg: RunConfig, out, strategy="auto", resume_required=False, verbose=1):
+def run(cfg: RunConfig, out, strategy="auto", resume_required=False, verbose=1, peer_timeout=600.0):
     """Trains to `cfg.optim.steps` total steps in the run directory `out`, resuming from
-    its newest checkpoint if there is one. Returns a summary dict."""
-    t0 = time.time()
+    its newest intact checkpoint if there is one. Returns a summary dict.
+
+    The chief holds a lock on the run directory while it runs (a second trainer is
+    refused). A run directory this call created is removed again if the run fails before
+    its first checkpoint, so a failed start leaves nothing behind."""
     # MultiWorkerMirroredStrategy must exist before other TF work.
-    strategy = make_strategy(strategy)
+    strategy = make_strategy(strategy, peer_timeout)
+    chief = is_chief(strategy)
+    run_dir = RunDirectory(out)  # only the chief writes to it
+    try:
+        check_writable(out)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+    created = not os.path.exists(out)
+    if not chief:
+        return _run(cfg, run_dir, strategy, chief, resume_required, verbose)
+    try:
+        with run_dir.lock():
+            return _run(cfg, run_dir, strategy, chief, resume_required, verbose)
+    except BaseException:
+        if created and os.path.isdir(out) and not run_dir.checkpoints():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _restore(run_dir, gan, chief, resume_required):
+    """Restores the newest intact checkpoint (damaged newer ones are named and set aside);
+    returns (step, path) or (0, None)."""
+    intact = run_dir.intact_checkpoints(set_aside=chief)
+    if not intact:
+        if resume_required:
+            raise UsageError(f"--resume: no intact checkpoint in {run_dir.path}")
+        return 0, None
+    _, path = intact[0]
+    try:
+        return RunDirectory.restore_checkpoint(path, gan), path
+    except (OSError, ValueError, KeyError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: cannot be restored ({detail})") from None
+
+
+def _run(cfg, run_dir, strategy, chief, resume_required, verbose):
+    t0 = time.time()
+    out = run_dir.path
     keras.utils.set_random_seed(cfg.seed)
     o = cfg.optim
     if o.vgg_weights is None and verbose:
         print("notice: no --vgg-weights given, the VGG19 perceptual loss is off")
-    chief = is_chief(strategy)
-    run_dir = RunDirectory(out)  # only the chief writes to it
     source = sources.make_source(cfg.data, cfg.generator, cfg.seed)
     spe = pipeline.steps_per_epoch(source, o.batch_size)
     if o.batch_size % strategy.num_replicas_in_sync:
@@ -91,14 +214,9 @@ def run(cfg: RunConfig, out, strategy="auto", resume_required=False, verbose=1):
         run_dir.remove_partial_checkpoints()
     with strategy.scope():
         gan = build_gan(cfg)
-    step, ckpt = run_dir.latest_checkpoint()
-    if resume_required and ckpt is None:
-        raise UsageError(f"--resume: no checkpoint in {out}")
-    start = 0
-    if ckpt is not None:
-        start = RunDirectory.restore_checkpoint(ckpt, gan)
-        if verbose:
-            print(f"resuming from {ckpt} (step {start} of {o.steps})")
+    start, ckpt = _restore(run_dir, gan, chief, resume_required)
+    if ckpt is not None and verbose:
+        print(f"resuming from {ckpt} (step {start} of {o.steps})")
     if chief:
         # after the restore succeeded: config.json records the settings the run really continues with
         # (learning rates, loss weights and intervals may change on resume)

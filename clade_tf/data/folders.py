@@ -114,6 +114,16 @@ def list_samples(dataset, dataroot, phase="train", use_instance=False):
     raise ValueError(f"no folder layout for dataset {dataset!r}")
 
 
+def _palette_row(path, where, row):
+    """`[r, g, b, class]` as ints, or a `ValueError` naming the file and the entry."""
+    if not isinstance(row, (list, tuple)) or len(row) != 4:
+        raise ValueError(f"{path}: {where}: expected four numbers r g b class")
+    try:
+        return [int(t) for t in row]
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {where}: expected four integers r g b class") from None
+
+
 def load_palette(path):
     """Reads a colour -> class palette: JSON `{"r,g,b": class}` / `[[r, g, b, class], ...]`,
     or text lines `r g b class`."""
@@ -121,27 +131,30 @@ def load_palette(path):
         raise FileNotFoundError(f"palette file not found: {path}")
     with open(path) as f:
         text = f.read()
-    entries = []
+    entries = []  # (where in the file, [r, g, b, class])
     try:
         data = json.loads(text)
-        if isinstance(data, dict):
-            for k, v in data.items():
-                entries.append([int(t) for t in k.replace(" ", "").split(",")] + [int(v)])
-        else:
-            entries = [[int(t) for t in row] for row in data]
     except json.JSONDecodeError:
+        data = None
+    if data is not None:
+        if isinstance(data, dict):
+            items = [(f"key {k!r}", str(k).replace(" ", "").split(",") + [v]) for k, v in data.items()]
+        elif isinstance(data, list):
+            items = [(f"entry {i} {row!r}", row) for i, row in enumerate(data)]
+        else:
+            raise ValueError(f"{path}: expected a JSON object {{\"r,g,b\": class}} or a list of [r, g, b, class], "
+                             f"got {type(data).__name__}")
+        for where, row in items:
+            entries.append((where, _palette_row(path, where, row)))
+    else:
         for n, line in enumerate(text.splitlines(), 1):
             line = line.split("#")[0].strip()
-            if not line:
-                continue
-            parts = line.replace(",", " ").split()
-            if len(parts) != 4:
-                raise ValueError(f"{path}:{n}: expected 'r g b class', got {line!r}") from None
-            entries.append([int(t) for t in parts])
+            if line:
+                entries.append((f"line {n}", _palette_row(path, f"line {n} {line!r}", line.replace(",", " ").split())))
     palette = {}
-    for e in entries:
-        if len(e) != 4 or not all(0 <= c <= 255 for c in e[:3]) or e[3] < 0:
-            raise ValueError(f"{path}: bad palette entry {e}, expected r, g, b in 0..255 and a class >= 0")
+    for where, e in entries:
+        if not all(0 <= c <= 255 for c in e[:3]) or e[3] < 0:
+            raise ValueError(f"{path}: {where}: {e} is out of range, expected r, g, b in 0..255 and a class >= 0")
         palette[tuple(e[:3])] = e[3]
     if not palette:
         raise ValueError(f"{path}: palette is empty")
@@ -229,12 +242,21 @@ def remap_label(raw, spec, path="<array>"):
     return label.astype(np.int32)
 
 
-def scan_label_classes(samples, palette=None):
-    """Sorted unique class values over all label files (for `--label-nc auto`)."""
+def scan_label_classes(samples, palette=None, skip_bad=False):
+    """Sorted unique class values over all label files (for `--label-nc auto`); with
+    `skip_bad` an unreadable label map is reported (once) and left out, as training does."""
+    from clade_tf.data.pipeline import report_once
+
     values = set()
+    spec = LabelSpec("custom", 1 << 30, False, palette)
     for s in samples:
-        spec = LabelSpec("custom", 1 << 30, False, palette)
-        label, _ = read_label(s.label, spec)
+        try:
+            label, _ = read_label(s.label, spec)
+        except BadSample as e:
+            if not skip_bad:
+                raise
+            report_once(f"skipping bad sample: {e}", key=str(e))
+            continue
         values.update(np.unique(label).tolist())
     return sorted(values)
 

@@ -44,9 +44,10 @@ class FolderSource:
     (deterministic, so resume stays exact); otherwise it raises `BadSample`.
     """
 
-    def __init__(self, samples, spec, prep, use_instance, use_dist, skip_bad=False):
+    def __init__(self, samples, spec, prep, use_instance, use_dist, skip_bad=False, where="the dataset"):
         if not samples:
-            raise ValueError("the dataset has no usable samples")
+            raise ValueError(f"{where}: no usable samples")
+        self.where = where
         self.samples = list(samples)
         self.spec, self.prep = spec, prep
         self.use_instance, self.use_dist = use_instance, use_dist
@@ -69,7 +70,22 @@ class FolderSource:
         with self._lock:
             if index not in self.bad:
                 self.bad[index] = str(err)
-                print(f"skipping bad sample ({len(self.bad)} so far): {err}", file=sys.stderr)
+                report_once(f"skipping bad sample ({len(self.bad)} so far): {err}", key=str(err))
+
+
+_REPORTED = set()
+_REPORTED_LOCK = threading.Lock()
+
+
+def report_once(message, key=None):
+    """Prints `message` on stderr once per process (keyed by `key`): the training data,
+    the sample batch and `--label-nc auto` each open the same folder."""
+    key = message if key is None else key
+    with _REPORTED_LOCK:
+        if key in _REPORTED:
+            return
+        _REPORTED.add(key)
+    print(message, file=sys.stderr)
 
 
 def keys_for(use_instance, use_dist):
@@ -130,7 +146,9 @@ def make_dataset(source, batch_size, height, width, seed=0, start_step=0, shuffl
                     raise
                 source.report_bad(index, e)
         else:
-            raise ValueError("every sample of the dataset is bad")
+            first = next(iter(getattr(source, "bad", {}).values()), "")
+            raise ValueError(f"{getattr(source, 'where', 'the dataset')}: every one of its {n} samples is bad "
+                             f"(e.g. {first})")
         return tuple(np.asarray(s[key], dtype=_DTYPES[key].as_numpy_dtype) for key in keys)
 
     def tf_load(pos):

@@ -5,7 +5,6 @@ same samples in the same order: sample `k` of epoch `e` is `epoch_order(...)[k]`
 with augmentation from `sample_rng(seed, e, index)` (see `clade_tf.data.pipeline`).
 """
 
-import sys
 
 import numpy as np
 
@@ -38,7 +37,7 @@ def make_source(data: DataConfig, generator: GeneratorConfig, seed=0, phase="tra
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise folders.BadSample(problems[0] + more)
         for p in problems:
-            print(f"skipping: {p}", file=sys.stderr)
+            pipeline.report_once(f"skipping: {p}")
     if not samples:
         raise folders.BadSample(f"{data.dataroot}: no {phase} samples in the {data.dataset} layout "
                                 f"(python -m train --help lists each layout)")
@@ -46,7 +45,8 @@ def make_source(data: DataConfig, generator: GeneratorConfig, seed=0, phase="tra
     spec = folders.LabelSpec(data.dataset, data.label_nc, data.contain_dontcare, palette)
     prep = folders.Preprocess(data.preprocess, data.load_size if phase == "train" else w, h, w,
                               flip=(phase == "train"))
-    return pipeline.FolderSource(samples, spec, prep, use_instance, use_dist, data.skip_bad_samples)
+    return pipeline.FolderSource(samples, spec, prep, use_instance, use_dist, data.skip_bad_samples,
+                                 where=f"{data.dataroot} ({data.dataset} layout, {phase} split)")
 
 
 def make_training_dataset(source, generator: GeneratorConfig, batch_size, seed, start_step=0,
@@ -91,7 +91,7 @@ def first_samples(data: DataConfig, generator: GeneratorConfig, seed, n):
             if len(bad) > n:
                 raise ValueError(f"too many bad samples ({bad[0]})") from None
     if not samples:
-        raise ValueError(f"no usable samples in the {data.dataset} data ({bad[0] if bad else 'empty'})")
+        raise ValueError(f"{getattr(source, 'where', data.dataset)}: no usable samples ({bad[0] if bad else 'empty'})")
     keys = generator.data_keys
     out = {k: np.stack([s[k] for s in samples]).astype(np.float32 if k == "dist" else np.int32) for k in keys}
     size = (generator.image_height, generator.image_width)

@@ -145,8 +145,8 @@ def load_runner(path, threads=None, profile_prefix=None):
         if kind == "onnx":
             return _onnx(path, threads, profile_prefix)
         return _saved_model(path, threads)
-    except ValueError:
-        raise
     except Exception as e:  # the runtimes raise their own types for corrupt files
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, ValueError) and first.startswith(path):
+            raise
         raise ValueError(f"{path}: cannot load the {kind} model ({first})") from None
