@@ -18,9 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from clade_tf import presets
+from clade_tf import presets, rundir
 from clade_tf.config import MonitorConfig, OptimConfig
-from clade_tf import rundir
 from clade_tf.rundir import RunDirectory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
