@@ -280,6 +280,60 @@ class MonitorConfig:
         return _from_dict(cls, d, "MonitorConfig")
 
 
+SEGMENTER_RANGES = ("0,1", "-1,1", "0,255")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How generated images are scored (`clade_tf.evaluation`): FID / KID on the FID
+    Inception's features, mIoU / pixel accuracy with a segmenter. During training every
+    `every` steps (0: never) on the first `images` samples of the `split`.
+
+    Attributes:
+        inception_weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (local file).
+        real_stats: `.npz` with `mu`, `sigma` of the real images; None: computed from the
+            training split, resized to the generator's size (then KID is available too).
+        real_images: training images used for the real statistics when they are computed.
+        segmenter: an exported segmenter (SavedModel / .onnx / .tflite; image in, per-class
+            scores `[N, H, W, C]` out); None: no mIoU.
+        segmenter_size: `(height, width)` its input takes (None: the generator's size).
+        segmenter_range: the pixel range it expects: "0,1", "-1,1" or "0,255".
+        class_map: JSON file, the dataset class of each segmenter class (list; -1: ignored).
+    """
+
+    every: int = 0
+    images: int = 500
+    split: str = "val"
+    inception_weights: str | None = None
+    real_stats: str | None = None
+    real_images: int = 2000
+    segmenter: str | None = None
+    segmenter_size: tuple | None = None
+    segmenter_range: str = "0,1"
+    class_map: str | None = None
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.every < 0:
+            raise ConfigError(f"eval every={self.every}: expected >= 0 (0: off)")
+        for name in ("images", "real_images", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval {name}={getattr(self, name)}: expected >= 1")
+        if self.split not in ("train", "val"):
+            raise ConfigError(f"eval split {self.split!r}: expected 'train' or 'val'")
+        if self.segmenter_range not in SEGMENTER_RANGES:
+            raise ConfigError(f"segmenter range {self.segmenter_range!r}: expected one of {', '.join(SEGMENTER_RANGES)}")
+        if self.segmenter_size is not None:
+            object.__setattr__(self, "segmenter_size", tuple(int(v) for v in self.segmenter_size))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return _from_dict(cls, d, "EvalConfig")
+
+
 # Data fields a continued run must keep (the others, e.g. where the data lives, may change).
 _DATA_FIXED_ON_RESUME = ("dataset", "label_nc", "contain_dontcare", "use_instance", "preprocess",
                          "load_size", "synthetic_length")
@@ -299,6 +353,7 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     monitor: MonitorConfig = MonitorConfig()
     seed: int = 0
+    evaluation: EvalConfig = EvalConfig()
 
     def __post_init__(self):
         g, d = self.generator, self.data
@@ -316,7 +371,7 @@ class RunConfig:
     def to_dict(self):
         return {"data": self.data.to_dict(), "generator": self.generator.to_dict(),
                 "discriminator": self.discriminator.to_dict(), "optim": self.optim.to_dict(),
-                "monitor": self.monitor.to_dict(), "seed": self.seed}
+                "monitor": self.monitor.to_dict(), "seed": self.seed, "evaluation": self.evaluation.to_dict()}
 
     @classmethod
     def from_dict(cls, d):
@@ -324,7 +379,7 @@ class RunConfig:
             raise ConfigError(f"RunConfig: expected an object, got {type(d).__name__}")
         if "train" in d and "data" not in d:
             d = _legacy_record(d)
-        unknown = set(d) - {"data", "generator", "discriminator", "optim", "monitor", "seed"}
+        unknown = set(d) - {"data", "generator", "discriminator", "optim", "monitor", "seed", "evaluation"}
         if unknown:
             raise ConfigError(f"RunConfig: unknown keys {sorted(unknown)}")
         missing = [k for k in ("data", "generator") if k not in d]
@@ -333,7 +388,8 @@ class RunConfig:
         return cls(data=DataConfig.from_dict(d["data"]), generator=GeneratorConfig.from_dict(d["generator"]),
                    discriminator=DiscriminatorConfig.from_dict(d.get("discriminator", {})),
                    optim=OptimConfig.from_dict(d.get("optim", {})),
-                   monitor=MonitorConfig.from_dict(d.get("monitor", {})), seed=int(d.get("seed", 0)))
+                   monitor=MonitorConfig.from_dict(d.get("monitor", {})), seed=int(d.get("seed", 0)),
+                   evaluation=EvalConfig.from_dict(d.get("evaluation", {})))
 
     def resume_differences(self, old):
         """What differs from `old` (the run being continued) that a resume cannot change."""

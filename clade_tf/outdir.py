@@ -42,9 +42,11 @@ class OutputError(ValueError):
 
 
 def _kind_of(path):
-    """What this project wrote at `path`: `export`, `imported run`, `training run` or None."""
+    """What this project wrote at `path`: `export`, `evaluation`, `imported run`, `training run` or None."""
     if os.path.isfile(os.path.join(path, "report.json")) and not os.path.exists(os.path.join(path, "config.json")):
         return "export"
+    if os.path.isfile(os.path.join(path, "metrics.json")) and not os.path.exists(os.path.join(path, "config.json")):
+        return "evaluation"
     config = os.path.join(path, "config.json")
     if os.path.isfile(config):
         if any(re.match(r"^ckpt-\d+$", n) for n in os.listdir(path)):

@@ -6,6 +6,7 @@ from clade_tf.config import (
     ConfigError,
     DataConfig,
     DiscriminatorConfig,
+    EvalConfig,
     GeneratorConfig,
     MonitorConfig,
     OptimConfig,
@@ -74,7 +75,7 @@ class Preset:
         return DataConfig(**kwargs)
 
     def run_config(self, norm_mode="clade", *, dataroot=None, use_vae=False, param_free_norm="syncbatch",
-                   optim=None, monitor=None, seed=0, data=None):
+                   optim=None, monitor=None, seed=0, data=None, evaluation=None):
         """The `RunConfig` that `python -m train --dataset NAME` builds: this preset's data,
         generator (`norm_mode`, VAE input, param-free norm), discriminator, and `optim` /
         `monitor` (default: the official settings at the preset's batch size)."""
@@ -83,7 +84,7 @@ class Preset:
             generator=self.generator_config(norm_mode, use_vae=use_vae, param_free_norm=param_free_norm),
             discriminator=self.discriminator_config(),
             optim=optim or OptimConfig(batch_size=self.batch_size),
-            monitor=monitor or MonitorConfig(), seed=seed)
+            monitor=monitor or MonitorConfig(), seed=seed, evaluation=evaluation or EvalConfig())
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

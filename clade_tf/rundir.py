@@ -123,6 +123,13 @@ def verify_checkpoint(path):
     return None
 
 
+def rundir_verify_best(path):
+    """None if `best/` is intact (its manifest), else what is wrong."""
+    if not os.path.isfile(os.path.join(path, MANIFEST)):
+        return f"{MANIFEST} is missing"
+    return verify_checkpoint(path)
+
+
 def _reserve_space(folder, nbytes):
     """Makes sure `nbytes` can be written in `folder` before anything is: h5py fails
     badly on a full disk (a traceback per object, then a crash at exit)."""
@@ -330,11 +337,17 @@ class RunDirectory:
         return out
 
     def remove_partial_checkpoints(self):
-        """Deletes temporary checkpoint folders a killed process left behind."""
+        """Deletes temporary checkpoint folders a killed process left behind (and puts back
+        a best checkpoint whose replacement was cut short)."""
         if os.path.isdir(self.path):
-            for name in os.listdir(self.path):
-                if name.startswith(".tmp-ckpt-"):
+            for name in sorted(os.listdir(self.path)):
+                if name.startswith((".tmp-ckpt-", ".tmp-best-")):
                     shutil.rmtree(self.file(name), ignore_errors=True)
+                elif name.startswith(".old-best-"):
+                    if os.path.isdir(self.file(self.BEST)):
+                        shutil.rmtree(self.file(name), ignore_errors=True)
+                    else:
+                        os.rename(self.file(name), self.file(self.BEST))
 
     def save_checkpoint(self, gan, step, keep=3):
         """Writes `ckpt-<step>` of a `CladeGAN` atomically; keeps the newest `keep`.
@@ -393,6 +406,44 @@ class RunDirectory:
             state = json.load(f)
         gan.seed_generator.state.assign(np.asarray(state["seed_state"], dtype=gan.seed_generator.state.dtype))
         return int(state["step"])
+
+    # -- the best checkpoint by FID (training with --eval-every) --------------------------
+    BEST = "best"
+
+    def best_score(self):
+        """The `score.json` of `best/` (`{"step", "fid", ...}`), or None."""
+        path = self.file(self.BEST, "score.json")
+        if not os.path.isfile(path) or rundir_verify_best(self.file(self.BEST)):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def save_best(self, generator, step, metrics):
+        """Replaces `best/` with this generator (weights, `score.json`, manifest), atomically:
+        a crash leaves either the old best or the new one, never a mix."""
+        tmp = self.file(f".tmp-best-{os.getpid()}")
+        old = self.file(f".old-best-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            os.makedirs(tmp)
+            generator.save_weights(os.path.join(tmp, "generator.weights.h5"))
+            with open(os.path.join(tmp, "score.json"), "w") as f:
+                json.dump({"step": int(step), **metrics}, f, indent=1)
+            write_manifest(tmp)
+            fsync_tree(tmp)
+            best = self.file(self.BEST)
+            if os.path.isdir(best):
+                os.rename(best, old)
+            os.rename(tmp, best)
+            fsync_dir(self.path)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.isdir(old) and not os.path.isdir(self.file(self.BEST)):
+                os.rename(old, self.file(self.BEST))
+            raise CheckpointWriteError(e.errno or errno.EIO, f"step {step}: cannot write {self.file(self.BEST)} "
+                                       f"({os.strerror(e.errno) if e.errno else e})") from None
+        shutil.rmtree(old, ignore_errors=True)
+        return self.file(self.BEST)
 
     # -- the generator -----------------------------------------------------------------
     def generator_weights(self, step=None):

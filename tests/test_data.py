@@ -311,7 +311,7 @@ def test_rgb_masks_need_a_palette(tmp_path):
     with pytest.raises(folders.BadSample, match=r"colour \(0, 0, 255\) at .* is not in the palette"):
         load(root, "s0", palette=folders.load_palette(str(tmp_path / "pal.txt")))
     (tmp_path / "bad.txt").write_text("255 0 1\n")
-    with pytest.raises(ValueError, match=r"bad.txt:1: expected 'r g b class'"):
+    with pytest.raises(ValueError, match=r"bad.txt: line 1 '255 0 1': expected four numbers r g b class"):
         folders.load_palette(str(tmp_path / "bad.txt"))
 
 

@@ -36,10 +36,14 @@ class RunMonitor(keras.callbacks.Callback):
         is_chief: only the chief writes (multi-worker).
         progress: show a progress bar of the global step (first step -> total).
         grid_rows: samples shown in the image grid (fidelity uses the whole batch).
+        evaluator: a `clade_tf.evaluation.Evaluator` scored every `eval_every` steps (FID /
+            KID / mIoU to TensorBoard; the best generator by FID kept in `best/`), or None.
+        eval_every: steps between evaluations.
     """
 
     def __init__(self, run_dir, gan, start_step, total_steps, sample_batch, colours, num_classes,
-                 synthetic_data, monitor: MonitorConfig, is_chief=True, progress=False, grid_rows=6):
+                 synthetic_data, monitor: MonitorConfig, is_chief=True, progress=False, grid_rows=6,
+                 evaluator=None, eval_every=0):
         super().__init__()
         self.run_dir, self.gan, self.total = run_dir, gan, int(total_steps)
         self.step = int(start_step)
@@ -55,6 +59,33 @@ class RunMonitor(keras.callbacks.Callback):
         self.last_fidelity = None
         self.initial_fidelity = None
         self._sample_fn = None
+        self.evaluator, self.eval_every = evaluator, eval_every
+        self._eval_fn = None
+        best = run_dir.best_score() if evaluator is not None and is_chief else None
+        self.best_fid = best["fid"] if best else None  # survives a restart
+        self.last_metrics = None
+
+    def evaluate_metrics(self, step):
+        """Scores the generator (`evaluator`), logs it, and keeps it in `best/` when its FID
+        is the lowest so far."""
+        from clade_tf.evaluation import keras_generator_fn
+
+        if self._eval_fn is None:
+            self._eval_fn = keras_generator_fn(self.gan.generator)
+        metrics, _ = self.evaluator.evaluate(self._eval_fn)
+        self.last_metrics = metrics
+        with self.writer.as_default(step=step):
+            for key in ("fid", "kid_mean", "miou", "pixel_accuracy"):
+                if metrics.get(key) is not None:
+                    tf.summary.scalar(f"eval/{key}", metrics[key])
+        self.writer.flush()
+        improved = self.best_fid is None or metrics["fid"] < self.best_fid
+        if improved:
+            self.best_fid = metrics["fid"]
+            self.run_dir.save_best(self.gan.generator, step, {k: v for k, v in metrics.items() if k != "iou"})
+        if self.progress:
+            print(f"\nstep {step}: FID {metrics['fid']:.3f}" + (" (best so far, saved in best/)" if improved else
+                                                                 f" (best {self.best_fid:.3f})"))
 
     def _generate(self, batch):
         if self._sample_fn is None:
@@ -124,6 +155,8 @@ class RunMonitor(keras.callbacks.Callback):
                 tf.summary.scalar("lr/discriminator", current_lr(self.gan.d_optimizer))
         if step % self.image_every == 0 and step != self.total:
             self.evaluate_samples(step)
+        if self.evaluator is not None and self.is_chief and step % self.eval_every == 0:
+            self.evaluate_metrics(step)
         if step % self.checkpoint_every == 0 and self.is_chief:
             self.run_dir.save_checkpoint(self.gan, step)
         if step >= self.total:

@@ -68,6 +68,18 @@ def build_parser():
     a("--mixed-precision", nargs="?", const="float16", choices=("float16", "bfloat16"),
       help="mixed-precision compute: float16 with loss scaling (the bare flag; GPUs), or bfloat16 "
            "(TPUs, CPUs with AVX512-BF16); variables stay float32")
+    g = p.add_argument_group("evaluation during training (FID / KID, mIoU; see python -m evaluate)")
+    g.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="score the generator every N steps on the validation split (the training split, "
+                        "unaugmented, when there is none); 0: never. The best by FID is kept in <out>/best/")
+    g.add_argument("--eval-images", type=int, default=500, metavar="N", help="images scored each time")
+    g.add_argument("--inception-weights", metavar="FILE",
+                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a local file)")
+    g.add_argument("--real-stats", metavar="FILE",
+                   help="real statistics .npz (default: computed once from the training split)")
+    g.add_argument("--segmenter", metavar="FILE", help="exported segmenter for mIoU (python -m evaluate run --help)")
+    g.add_argument("--segmenter-size", type=int, nargs=2, metavar=("H", "W"), help="its input size")
+    g.add_argument("--class-map", metavar="FILE", help="JSON list: the dataset class of each segmenter class")
     a("--synthetic-length", type=int, default=d.synthetic_length, help="samples per epoch of the synthetic dataset")
     return p
 
@@ -77,7 +89,7 @@ def resolve(args):
     found in the flags is reported at once."""
     import dataclasses
 
-    from clade_tf.config import ConfigError, MonitorConfig, OptimConfig
+    from clade_tf.config import ConfigError, EvalConfig, MonitorConfig, OptimConfig
     from clade_tf.presets import get_preset, resolve_preset
     from train.run import UsageError
 
@@ -98,13 +110,22 @@ def resolve(args):
     elif args.steps is None and args.epochs is None and args.dataset != "synthetic":
         problems.append(f"--dataset {args.dataset}: give --steps or --epochs")
     for name in ("steps", "epochs", "batch_size", "checkpoint_every", "log_every", "image_every",
-                 "synthetic_length"):
+                 "synthetic_length", "eval_images"):
         value = getattr(args, name)
         if value is not None and value < 1:
             problems.append(f"--{name.replace('_', '-')} {value}: expected >= 1")
     if args.vgg_weights and not os.path.isfile(args.vgg_weights):
         problems.append(f"VGG19 weights file not found: {args.vgg_weights!r}; pass --vgg-weights with a local "
                         "copy of vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 (nothing is downloaded)")
+    if args.eval_every < 0:
+        problems.append(f"--eval-every {args.eval_every}: expected >= 0 (0: never)")
+    if args.eval_every and not args.inception_weights:
+        problems.append("--eval-every needs --inception-weights FILE (pytorch-fid's "
+                        "pt_inception-2015-12-05-6726825d.pth, a local file)")
+    for flag in ("inception_weights", "real_stats", "segmenter", "class_map"):
+        value = getattr(args, flag)
+        if value and not os.path.exists(value):
+            problems.append(f"--{flag.replace('_', '-')} {value}: not found")
     if custom and args.label_nc is None:
         problems.append("--dataset custom needs --label-nc N (or --label-nc auto to scan the labels)")
     if problems:
@@ -124,7 +145,11 @@ def resolve(args):
             args.norm, dataroot=args.dataroot, use_vae=args.use_vae, param_free_norm=args.param_free_norm,
             optim=optim, monitor=monitor, seed=args.seed,
             data={"palette": args.palette, "skip_bad_samples": args.skip_bad_samples,
-                  "synthetic_length": args.synthetic_length})
+                  "synthetic_length": args.synthetic_length},
+            evaluation=EvalConfig(every=args.eval_every, images=args.eval_images,
+                                  inception_weights=args.inception_weights, real_stats=args.real_stats,
+                                  segmenter=args.segmenter, segmenter_size=args.segmenter_size,
+                                  class_map=args.class_map))
     except ConfigError as e:
         raise UsageError(str(e)) from None
     if args.epochs is not None:
@@ -199,6 +224,8 @@ def main(argv=None):
         return 0
     print(f"done: {summary['final_step']} steps in {summary['run_dir']} "
           f"({summary['steps_per_second']:.2f} steps/s)")
+    if summary.get("best_fid") is not None:
+        print(f"best FID {summary['best_fid']:.3f} (generator in {summary['run_dir']}/best/)")
     if summary.get("fidelity_final") is not None:
         init = summary.get("fidelity_init")
         print(f"synthetic fidelity: {init if init is None else round(init, 3)} at init -> "

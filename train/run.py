@@ -234,8 +234,15 @@ def _run(cfg, run_dir, strategy, chief, resume_required, verbose):
         ds = ds.with_options(opts)
     batch = sources.fixed_batch(cfg.data, cfg.generator, cfg.seed, NUM_SAMPLE_IMAGES)
     colours = viz.palette(cfg.data.dataset, cfg.generator.num_classes)
+    evaluator = None
+    if cfg.evaluation.every and chief:
+        from clade_tf.evaluation import Evaluator
+
+        evaluator = Evaluator(cfg.evaluation, cfg.data, cfg.generator, seed=cfg.seed)
+        evaluator.prepare()  # the real statistics, once
     monitor = RunMonitor(run_dir, gan, start, o.steps, batch, colours, cfg.generator.num_classes,
-                         cfg.data.dataset == "synthetic", cfg.monitor, chief, progress=verbose > 0)
+                         cfg.data.dataset == "synthetic", cfg.monitor, chief, progress=verbose > 0,
+                         evaluator=evaluator, eval_every=cfg.evaluation.every)
     if verbose and chief:
         print(f"watch it: {tensorboard_hint(out)}")
     t_fit = time.time()
@@ -250,5 +257,6 @@ def _run(cfg, run_dir, strategy, chief, resume_required, verbose):
         viz.save_png(run_dir.file("samples_final.png"), grid)
     summary.update(final_step=final, seconds=time.time() - t0, fit_seconds=fit_seconds,
                    steps_per_second=(final - start) / max(fit_seconds, 1e-9),
-                   fidelity_init=monitor.initial_fidelity, fidelity_final=monitor.last_fidelity)
+                   fidelity_init=monitor.initial_fidelity, fidelity_final=monitor.last_fidelity,
+                   best_fid=monitor.best_fid, last_metrics=monitor.last_metrics)
     return summary

@@ -15,7 +15,7 @@ from clade_tf.data import folders, pipeline
 _SYNTHETIC_VAL_OFFSET = 1_000_003
 
 
-def make_source(data: DataConfig, generator: GeneratorConfig, seed=0, phase="train"):
+def make_source(data: DataConfig, generator: GeneratorConfig, seed=0, phase="train", augment=None):
     """A sample source (`len`, `load(index, rng)`) of `data` at the generator's size, with
     the maps the generator takes (`GeneratorConfig.data_keys`).
 
@@ -43,8 +43,9 @@ def make_source(data: DataConfig, generator: GeneratorConfig, seed=0, phase="tra
                                 f"(python -m train --help lists each layout)")
     palette = folders.load_palette(data.palette) if data.palette else None
     spec = folders.LabelSpec(data.dataset, data.label_nc, data.contain_dontcare, palette)
-    prep = folders.Preprocess(data.preprocess, data.load_size if phase == "train" else w, h, w,
-                              flip=(phase == "train"))
+    # training augments (resize to load_size, random crop, flip); evaluation resizes to the generator's size
+    augment = phase == "train" if augment is None else augment
+    prep = folders.Preprocess(data.preprocess, data.load_size if augment else w, h, w, flip=augment)
     return pipeline.FolderSource(samples, spec, prep, use_instance, use_dist, data.skip_bad_samples,
                                  where=f"{data.dataroot} ({data.dataset} layout, {phase} split)")
 

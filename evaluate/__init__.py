@@ -1,0 +1,1 @@
+"""`python -m evaluate`: FID / KID / mIoU of generated images (see `python -m evaluate --help`)."""
