@@ -586,3 +586,26 @@ def test_segmentation_scores_with_a_segmenter_over_tf_data():
     np.testing.assert_allclose(scores["iou"], [1 / 2, 2 / 3, 1 / 2])
     with pytest.raises(ValueError, match="gives 4 class scores, expected 3"):
         metrics.segmentation_scores(lambda x: np.zeros((1, 2, 2, 4)), ds, 3)
+
+
+# --- the benchmark ------------------------------------------------------------------------
+
+
+def test_feature_benchmark_runs_and_shows_its_defaults(capsys):
+    from benchmarks import fid_features
+
+    with pytest.raises(SystemExit):
+        fid_features.parse_args(["--help"])
+    options = capsys.readouterr().out.split("options:")[1]
+    for entry in options.split("\n  --")[1:]:
+        assert "(default:" in entry, entry
+    for argv, message in ((["--size", "12y"], "expected HEIGHTxWIDTH"), (["--images", "0"], "--images must be >= 1"),
+                          (["--torch-python", "/nonexistent/python"], "no such file")):
+        with pytest.raises(SystemExit):
+            fid_features.parse_args(argv)
+        assert message in capsys.readouterr().err
+    assert fid_features.main(["--images", "3", "--batch-size", "2", "--size", "40x24", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["size"] == [40, 24] and result["images"] == 3 and "random" in result["weights"]
+    (row,) = result["rows"]
+    assert row["images_per_s"] > 0 and len(row["seconds"]) == 1
