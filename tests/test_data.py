@@ -14,6 +14,13 @@ from clade_tf.data.icpe import flip_distance_map, icpe_distance_map, instance_ed
 RNG = np.random.default_rng(3)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rng():
+    """Each test draws its random inputs from the same seed, whichever tests ran before it."""
+    global RNG
+    RNG = np.random.default_rng(3)
+
+
 # --- synthetic -------------------------------------------------------------------------
 
 def test_synthetic_is_deterministic_by_seed_and_index():
@@ -182,26 +189,43 @@ def test_resize_and_crop_keeps_image_and_label_aligned_and_flips_dist(tmp_path):
     assert flips == {True, False}
 
 
-def test_cityscapes_layout_with_instances(tmp_path):
+def test_cityscapes_layout_fixed_resize_and_alignment(tmp_path):
+    from clade_tf.data import sources
+    from clade_tf.presets import get_preset
+
     root = str(tmp_path / "cityscapes")
+    maps = {}
     for split, city in (("train", "aachen"), ("val", "lindau")):
         for i in range(2):
             base = f"{city}_{i:06d}_000019"
-            lab = RNG.integers(0, 34, (64, 128)).astype(np.uint8)
-            inst = np.zeros((64, 128), np.uint16)  # 16-bit PNG, as Cityscapes ships them
-            inst[10:30, 10:50] = 26001
-            inst[10:30, 50:90] = 26002
+            # 16 x 16 blocks: nearest resizing keeps each block's id and the interiors keep their colour
+            lab = np.kron(RNG.integers(0, 35, (4, 8)), np.ones((16, 16), np.int64)).astype(np.uint8)
+            lab[:16, :16] = 34  # the last class: Cityscapes ids are used as they are
+            ids = np.array([0, 26001, 26002])[RNG.integers(0, 3, (4, 8))]
+            inst = np.kron(ids, np.ones((16, 16), np.int64)).astype(np.uint16)  # 16-bit, as Cityscapes ships them
             write_png(f"{root}/gtFine/{split}/{city}/{base}_gtFine_labelIds.png", lab)
             write_png(f"{root}/gtFine/{split}/{city}/{base}_gtFine_instanceIds.png", inst)
-            write_png(f"{root}/leftImg8bit/{split}/{city}/{base}_leftImg8bit.png", label_coloured_image(lab))
+            write_png(f"{root}/leftImg8bit/{split}/{city}/{base}_leftImg8bit.png", label_coloured_image(lab, 7))
+            maps[base] = lab, inst
     samples, problems = folders.list_samples("cityscapes", root, "train", use_instance=True)
     assert len(samples) == 2 and not problems and samples[0].instance.endswith("_instanceIds.png")
-    prep = folders.Preprocess("fixed", 512, 32, 64, flip=False)
-    out = folders.load_folder_sample(samples[0], spec_for("cityscapes"), prep,
-                                     np.random.default_rng(0), True, False)
-    assert out["image"].shape == (32, 64, 3) and out["instance"].shape == (32, 64)
-    assert set(np.unique(out["instance"])) == {0, 26001, 26002}
-    assert out["label"].max() < 35
+    # the preset's own preprocessing (validation split: no flip): the fixed resize to 256 x 512,
+    # here 4x the 64 x 128 maps, nearest for labels and instances, so each block becomes 64 x 64
+    preset = get_preset("cityscapes")
+    source = sources.make_source(preset.run_config("clade", dataroot=root).data, preset.generator_config("clade"),
+                                 seed=0, phase="val")
+    assert len(source) == 2
+    for index, sample in enumerate(source.samples):
+        lab, inst = maps[os.path.basename(sample.label).split("_gtFine")[0]]
+        out = source.load(index, np.random.default_rng(0))
+        assert out["image"].shape == (256, 512, 3)
+        np.testing.assert_array_equal(out["label"], np.kron(lab, np.ones((4, 4), np.uint8)))
+        np.testing.assert_array_equal(out["instance"], np.kron(inst, np.ones((4, 4), np.uint16)))
+        # image and labels aligned: away from block edges (bicubic 4x reaches 8 pixels) the red
+        # channel is 7 x the label
+        red = np.rint((out["image"][..., 0] + 1) * 127.5)
+        inside = ndimage.minimum_filter(out["label"], 19) == ndimage.maximum_filter(out["label"], 19)
+        assert inside.mean() > 0.3 and (np.abs(red - 7 * out["label"]) <= 1)[inside].all()
 
 
 def test_coco_stuff_layout_and_dontcare(tmp_path):
@@ -325,12 +349,29 @@ def test_skip_bad_samples_reports_counts_and_substitutes_deterministically(tmp_p
     with pytest.raises(Exception, match="s2.png: unreadable image"):
         list(pipeline.make_dataset(strict, 4, 16, 16, num_steps=1))
     lenient = pipeline.FolderSource(samples, spec_for("custom", 5, False), prep, False, False, skip_bad=True)
-    a = list(pipeline.make_dataset(lenient, 2, 16, 16, num_steps=4))
+    seed, n = 5, 4
+    a = list(pipeline.make_dataset(lenient, 2, 16, 16, seed=seed, num_steps=6))  # 3 epochs
     assert lenient.bad_count == 1
     assert "skipping bad sample (1 so far)" in capsys.readouterr().err
-    b = list(pipeline.make_dataset(lenient, 2, 16, 16, num_steps=4))
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x["label"].numpy(), y["label"].numpy())
+    # the bad sample's place goes to the next sample of the epoch's order (README), with that
+    # sample's own augmentation (its random crop here)
+    bad = [os.path.basename(x.image) for x in samples].index("s2.png")
+    want, substitutes = [], []
+    for epoch in range(3):
+        order = pipeline.epoch_order(n, seed, epoch)
+        for k in range(n):
+            index = int(order[(k + 1) % n] if order[k] == bad else order[k])
+            if order[k] == bad:
+                substitutes.append(index)
+            want.append(strict.load(index, pipeline.sample_rng(seed, epoch, index)))
+    assert any(i != (bad + 1) % n for i in substitutes)  # the order's next, not the next file
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(np.concatenate([x[key].numpy() for x in a]), np.stack([w[key] for w in want]))
+    # a run resumed at any step sees the same batches, substitutes included
+    for step in range(1, 6):
+        resumed = next(iter(pipeline.make_dataset(lenient, 2, 16, 16, seed=seed, start_step=step, num_steps=1)))
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(resumed[key].numpy(), a[step][key].numpy())
 
 
 def test_scan_label_classes(tmp_path):
