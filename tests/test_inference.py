@@ -10,6 +10,13 @@ from clade_tf.inference import calibrate_batch_norm, fold_for_inference
 RNG = np.random.default_rng(5)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rng():
+    """Each test draws its random inputs from the same seed, whichever tests ran before it."""
+    global RNG
+    RNG = np.random.default_rng(5)
+
+
 def inputs(cfg, n=2):
     h, w = cfg.image_height, cfg.image_width
     d = {"label": tf.constant(RNG.integers(0, cfg.num_classes, (n, h, w)), tf.int32),

@@ -21,6 +21,13 @@ from layer_harness import run_layer_test
 RNG = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rng():
+    """Each test draws its random inputs from the same seed, whichever tests ran before it."""
+    global RNG
+    RNG = np.random.default_rng(0)
+
+
 def randn(*shape):
     return tf.constant(RNG.standard_normal(shape).astype(np.float32))
 
