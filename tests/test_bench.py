@@ -21,6 +21,7 @@ from clade_tf.inference import fold_for_inference
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # child processes (pytest.ini)
 def test_benchmark_memory_guard_kills_a_child_that_outgrows_the_limit():
     # The child grows to ~300 MB and then holds it: the guard must see it above 200 MB
     # whatever the scheduling, and the peak cannot exceed what the child allocates.
@@ -36,6 +37,7 @@ def test_benchmark_memory_guard_kills_a_child_that_outgrows_the_limit():
     assert not killed and rc == 0 and out.strip() == "small"
 
 
+@pytest.mark.slow  # child processes (pytest.ini)
 def test_call_guarded_returns_the_result_or_a_one_line_reason():
     total, error, _ = guard.call_guarded("benchmarks.guard", "memory_total_mb", (), 2000)
     assert error is None and total > 100
@@ -43,6 +45,7 @@ def test_call_guarded_returns_the_result_or_a_one_line_reason():
     assert result is None and "no_such_function" in error and "\n" not in error
 
 
+@pytest.mark.slow  # child processes (pytest.ini)
 def test_a_terminated_benchmark_takes_its_child_with_it():
     code = ("from benchmarks.guard import exit_on_sigterm, run_guarded; exit_on_sigterm(); "
             "run_guarded('import time; time.sleep(60)', 1000)")
@@ -64,6 +67,7 @@ def test_a_terminated_benchmark_takes_its_child_with_it():
             parent.wait()
 
 
+@pytest.mark.slow  # child processes (pytest.ini)
 def test_timing_children_do_not_import_tensorflow():
     """The peak memory reported for LiteRT / onnxruntime is the timing process's own:
     loading the runner must not import TensorFlow."""
@@ -111,6 +115,7 @@ def test_every_option_has_a_help_text_and_shows_its_default(module, capsys):
 @pytest.mark.parametrize("folder, others", [
     ("clade_tf", "train|export|evaluate|benchmarks"), ("train", "export|evaluate|benchmarks"),
     ("export", "train|evaluate|benchmarks"), ("benchmarks", "train|export|evaluate"),
+    ("evaluate", "train|export|benchmarks"),
 ])
 def test_applications_import_only_the_library(folder, others):
     """The library imports no application; each application only the library (and itself)."""
