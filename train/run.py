@@ -187,7 +187,8 @@ def _restore(run_dir, gan, chief, resume_required):
     intact = run_dir.intact_checkpoints(set_aside=chief)
     if not intact:
         if resume_required:
-            raise UsageError(f"--resume: no intact checkpoint in {run_dir.path}")
+            what = "intact checkpoint (see the warnings above)" if run_dir.checkpoints() else "checkpoint"
+            raise UsageError(f"--resume: no {what} in {run_dir.path}")
         return 0, None
     _, path = intact[0]
     try:
