@@ -15,6 +15,8 @@ with `--json`; `--help` shows every option with its default.
     python -m benchmarks.train_step --preset synthetic --modes clade,spade \
         [--precisions float32,float16,bfloat16] [--json]
         optimizer steps per second of the training step per norm mode and precision
+    python -m benchmarks.fid_features [--weights PTH] [--torch-python PY] [--rounds N] [--json]
+        images/s of the FID Inception features (500 images at 256x256), ours and pytorch-fid's
 
 Exports and timings run in guarded child processes (`benchmarks.guard`): each is
 killed above a memory limit and its row reports so. The benchmarks use the library
