@@ -10,7 +10,6 @@ training images resized to the generator's size. `python -m evaluate` and traini
 `--eval-every` both use this.
 """
 
-import hashlib
 import json
 import os
 
@@ -19,18 +18,7 @@ import numpy as np
 from clade_tf import viz
 from clade_tf.config import DataConfig, EvalConfig, GeneratorConfig
 from clade_tf.data import pipeline, sources
-
-
-def sha256(path):
-    """SHA-256 of a file, or of every file of a folder (a SavedModel) in name order."""
-    h = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(d, n) for d, _, names in os.walk(path) for n in names)
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+from clade_tf.outdir import sha256
 
 
 def split_batches(source, generator: GeneratorConfig, batch_size, limit=None, seed=0):

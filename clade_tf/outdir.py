@@ -9,10 +9,23 @@ of them: user data is never deleted by a flag meant to overwrite an old result.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
+
+
+def sha256(path):
+    """SHA-256 of a file, or of every file of a folder (a SavedModel) in name order."""
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, n) for d, _, names in os.walk(path) for n in names)
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(path):

@@ -23,7 +23,6 @@ statistics in our check).
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ import numpy as np
 
 from clade_tf.config import ConfigError, RunConfig
 from clade_tf.networks import Generator
-from clade_tf.outdir import fsync_dir, fsync_file, fsync_tree
+from clade_tf.outdir import fsync_dir, fsync_file, fsync_tree, sha256
 
 _CKPT = re.compile(r"^ckpt-(\d+)$")
 CONFIG = "config.json"
@@ -77,17 +76,9 @@ def atomic_write_text(path, text):
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(folder):
     """`manifest.json`: size and SHA-256 of every file in `folder`."""
-    files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": _sha256(os.path.join(folder, n))}
+    files = {n: {"bytes": os.path.getsize(os.path.join(folder, n)), "sha256": sha256(os.path.join(folder, n))}
              for n in sorted(os.listdir(folder)) if n != MANIFEST}
     with open(os.path.join(folder, MANIFEST), "w") as f:
         json.dump({"files": files}, f, indent=1)
@@ -118,7 +109,7 @@ def verify_checkpoint(path):
             return f"{name} is missing"
         if os.path.getsize(f) != meta["bytes"]:
             return f"{name} has {os.path.getsize(f)} bytes, the manifest says {meta['bytes']}"
-        if _sha256(f) != meta["sha256"]:
+        if sha256(f) != meta["sha256"]:
             return f"{name} does not match its SHA-256 in the manifest"
     return None
 

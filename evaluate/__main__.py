@@ -98,23 +98,13 @@ class Progress:
         self.bar.update(done, finalize=done >= total)
 
 
-def features_or_stats(path, model, batch_size):
-    """`(features or None, mu, sigma, n)` of a folder of images or a statistics file."""
-    from clade_tf.metrics import (
-        extract_features,
-        image_files,
-        image_folder_dataset,
-        load_stats,
-        statistics,
-    )
+def folder_features(model, folder, batch_size, size=None):
+    """`(features, image count)` of the images in `folder` (resized to `size` first when
+    given), with a progress bar."""
+    from clade_tf.metrics import extract_features, image_files, image_folder_dataset
 
-    if os.path.isfile(path) and path.endswith(".npz"):
-        mu, sigma = load_stats(path)
-        return None, mu, sigma, None
-    if not os.path.isdir(path):
-        raise UsageError(f"{path}: expected a folder of images or a .npz statistics file")
-    n = len(image_files(path))
-    progress = Progress(f"{path}: {n} images")
+    n = len(image_files(folder))
+    progress = Progress(f"{folder}: {n} images" + (f", resized to {size[0]}x{size[1]}" if size else ""))
     seen = 0
 
     def counted(ds):
@@ -124,7 +114,22 @@ def features_or_stats(path, model, batch_size):
             progress(seen, n)
             yield batch
 
-    features = extract_features(model, counted(image_folder_dataset(path, batch_size)))
+    return extract_features(model, counted(image_folder_dataset(folder, batch_size, size))), n
+
+
+def features_or_stats(path, model, batch_size):
+    """`(features or None, mu, sigma, n)` of a folder of images or a statistics file."""
+    from clade_tf.metrics import (
+        load_stats,
+        statistics,
+    )
+
+    if os.path.isfile(path) and path.endswith(".npz"):
+        mu, sigma = load_stats(path)
+        return None, mu, sigma, None
+    if not os.path.isdir(path):
+        raise UsageError(f"{path}: expected a folder of images or a .npz statistics file")
+    features, n = folder_features(model, path, batch_size)
     mu, sigma = statistics(features)
     return features, mu, sigma, n
 
@@ -157,10 +162,7 @@ def cmd_fid(args):
 
 def cmd_stats(args):
     from clade_tf.metrics import (
-        extract_features,
         fid_inception,
-        image_files,
-        image_folder_dataset,
         save_stats,
         statistics,
     )
@@ -170,18 +172,7 @@ def cmd_stats(args):
     if os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a folder; name the .npz file to write")
     model = fid_inception(args.inception_weights)
-    n = len(image_files(args.folder))
-    progress = Progress(f"{args.folder}: {n} images" + (f", resized to {args.size[0]}x{args.size[1]}" if args.size else ""))
-    seen = 0
-
-    def counted(ds):
-        nonlocal seen
-        for batch in ds:
-            seen += int(batch.shape[0])
-            progress(seen, n)
-            yield batch
-
-    features = extract_features(model, counted(image_folder_dataset(args.folder, args.batch_size, args.size)))
+    features, n = folder_features(model, args.folder, args.batch_size, args.size)
     mu, sigma = statistics(features)
     tmp = f"{args.out}.tmp-{os.getpid()}.npz"
     try:
@@ -198,7 +189,8 @@ def load_model(args):
     """`(generate fn, GeneratorConfig, DataConfig, description of the weights)`."""
     import dataclasses
 
-    from clade_tf.evaluation import keras_generator_fn, runner_generator_fn, sha256
+    from clade_tf.evaluation import keras_generator_fn, runner_generator_fn
+    from clade_tf.outdir import sha256
     from clade_tf.presets import resolve_preset
     from clade_tf.rundir import RunDirectory
 
