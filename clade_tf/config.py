@@ -12,7 +12,8 @@ from clade_tf.layers.normalization import PARAM_FREE_NORMS
 from clade_tf.layers.resblock import NORM_MODES
 
 UPSAMPLING_LAYERS = {"normal": 5, "more": 6, "most": 7}
-DATASETS = ("synthetic", "ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff", "custom")
+PROCEDURAL_DATASETS = ("synthetic", "synthetic-scenes")
+DATASETS = ("synthetic", "synthetic-scenes", "ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff", "custom")
 PREPROCESS_MODES = ("resize_and_crop", "fixed")
 MIXED_PRECISION = {None: "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
@@ -195,6 +196,11 @@ class DataConfig:
         for name in ("label_nc", "load_size", "synthetic_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected >= 1")
+
+    @property
+    def procedural(self):
+        """The dataset is generated in memory (no `dataroot`)."""
+        return self.dataset in PROCEDURAL_DATASETS
 
     @property
     def num_classes(self):

@@ -102,8 +102,10 @@ CUSTOM = Preset("custom", 13, False, False, 256, 256, 286)
 SYNTHETIC = Preset(
     "synthetic", 6, False, True, 64, 64, 64, preprocess="fixed", ngf=16, ndf=32, batch_size=8
 )
+# The harder procedural dataset (`clade_tf.data.scenes`), on which the norm modes differ.
+SYNTHETIC_SCENES = SYNTHETIC.replace(name="synthetic-scenes", label_nc=14)
 
-PRESETS = {p.name: p for p in (ADE20K, ADE20K_OUTDOOR, CITYSCAPES, COCO_STUFF, CUSTOM, SYNTHETIC)}
+PRESETS = {p.name: p for p in (ADE20K, ADE20K_OUTDOOR, CITYSCAPES, COCO_STUFF, CUSTOM, SYNTHETIC, SYNTHETIC_SCENES)}
 
 
 def get_preset(name):

@@ -54,6 +54,7 @@ def build_parser():
 
 def load_generator(args):
     """`(generator, DataConfig or None, seed, calibration source name, reason if no data)`."""
+    from clade_tf.config import PROCEDURAL_DATASETS
     from clade_tf.export import ExportError
     from clade_tf.networks import Generator
     from clade_tf.presets import resolve_preset
@@ -85,7 +86,7 @@ def load_generator(args):
     g.build()
     load_weights_checked(g, args.weights, f"preset {args.preset} / norm {norm} (param-free norm {pfn}"
                                           f"{', VAE' if args.use_vae else ''})")
-    if args.preset != "synthetic" and not args.calibration_dataroot:
+    if args.preset not in PROCEDURAL_DATASETS and not args.calibration_dataroot:
         return g, None, 0, "", f"no --calibration-dataroot for the {args.preset} data"
     return g, cfg.data, cfg.seed, f"{args.preset} data", ""
 

@@ -14,7 +14,7 @@ command continues the run from its newest checkpoint (after a crash you lose at 
 one checkpoint interval); --steps is the run's total, so a larger --steps extends it.
 """
 
-DATASETS = ("synthetic", "ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff", "custom")
+DATASETS = ("synthetic", "synthetic-scenes", "ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff", "custom")
 DEFAULT_SYNTHETIC_STEPS = 800
 
 
@@ -89,7 +89,13 @@ def resolve(args):
     found in the flags is reported at once."""
     import dataclasses
 
-    from clade_tf.config import ConfigError, EvalConfig, MonitorConfig, OptimConfig
+    from clade_tf.config import (
+        PROCEDURAL_DATASETS,
+        ConfigError,
+        EvalConfig,
+        MonitorConfig,
+        OptimConfig,
+    )
     from clade_tf.presets import get_preset, resolve_preset
     from train.run import UsageError
 
@@ -101,13 +107,13 @@ def resolve(args):
         if given:
             problems.append(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --dataset custom only; "
                             f"{args.dataset} has {get_preset(args.dataset).label_nc} classes fixed by the preset")
-    if args.dataset != "synthetic" and not args.dataroot:
+    if args.dataset not in PROCEDURAL_DATASETS and not args.dataroot:
         problems.append(f"--dataset {args.dataset} needs --dataroot DIR")
     elif args.dataroot and not os.path.isdir(args.dataroot):
         problems.append(f"--dataroot {args.dataroot} does not exist")
     if args.steps is not None and args.epochs is not None:
         problems.append("give --steps or --epochs, not both")
-    elif args.steps is None and args.epochs is None and args.dataset != "synthetic":
+    elif args.steps is None and args.epochs is None and args.dataset not in PROCEDURAL_DATASETS:
         problems.append(f"--dataset {args.dataset}: give --steps or --epochs")
     for name in ("steps", "epochs", "batch_size", "checkpoint_every", "log_every", "image_every",
                  "synthetic_length", "eval_images"):

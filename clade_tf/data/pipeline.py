@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from clade_tf.data import folders, synthetic
+from clade_tf.data import folders, scenes, synthetic
 from clade_tf.data.icpe import icpe_distance_map
 
 
@@ -31,6 +31,19 @@ class SyntheticSource:
 
     def load(self, index, rng):
         s = synthetic.make_sample(self.seed, int(index), self.num_classes, self.height, self.width)
+        if self.use_dist:
+            s["dist"] = icpe_distance_map(s["label"])
+        return s
+
+
+class ScenesSource(SyntheticSource):
+    """The `synthetic-scenes` dataset (`clade_tf.data.scenes`), `length` samples per epoch."""
+
+    def __init__(self, height, width, length=1024, seed=0, use_dist=False):
+        super().__init__(scenes.NUM_CLASSES, height, width, length, seed, use_dist)
+
+    def load(self, index, rng):
+        s = scenes.make_sample(self.seed, int(index), self.height, self.width)
         if self.use_dist:
             s["dist"] = icpe_distance_map(s["label"])
         return s

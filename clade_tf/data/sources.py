@@ -9,7 +9,7 @@ with augmentation from `sample_rng(seed, e, index)` (see `clade_tf.data.pipeline
 import numpy as np
 
 from clade_tf.config import ConfigError, DataConfig, GeneratorConfig
-from clade_tf.data import folders, pipeline
+from clade_tf.data import folders, pipeline, scenes
 
 # The validation stream of the synthetic dataset: other samples than the training ones.
 _SYNTHETIC_VAL_OFFSET = 1_000_003
@@ -26,8 +26,13 @@ def make_source(data: DataConfig, generator: GeneratorConfig, seed=0, phase="tra
     use_dist = "dist" in keys
     use_instance = "instance" in keys
     h, w = generator.image_height, generator.image_width
-    if data.dataset == "synthetic":
+    if data.procedural:
         offset = 0 if phase == "train" else _SYNTHETIC_VAL_OFFSET
+        if data.dataset == "synthetic-scenes":
+            if data.num_classes != scenes.NUM_CLASSES:
+                raise ConfigError(f"synthetic-scenes has {scenes.NUM_CLASSES} classes, the data config "
+                                  f"{data.num_classes}")
+            return pipeline.ScenesSource(h, w, data.synthetic_length, seed + offset, use_dist)
         return pipeline.SyntheticSource(data.num_classes, h, w, data.synthetic_length, seed + offset, use_dist)
     if not data.dataroot:
         raise ConfigError(f"the {data.dataset} dataset needs its folder (--dataroot DIR)")
