@@ -55,7 +55,10 @@ class OutputError(ValueError):
 
 
 def _kind_of(path):
-    """What this project wrote at `path`: `export`, `evaluation`, `imported run`, `training run` or None."""
+    """What this project wrote at `path`: `export`, `evaluation`, `web demo`, `imported run`,
+    `training run` or None."""
+    if os.path.isfile(os.path.join(path, "demo.json")) and os.path.isfile(os.path.join(path, "index.html")):
+        return "web demo"
     if os.path.isfile(os.path.join(path, "report.json")) and not os.path.exists(os.path.join(path, "config.json")):
         return "export"
     if os.path.isfile(os.path.join(path, "metrics.json")) and not os.path.exists(os.path.join(path, "config.json")):
