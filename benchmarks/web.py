@@ -1,0 +1,133 @@
+r"""Latency of the exported generator in the browser demo vs the native runtimes.
+
+    python -m benchmarks.web --preset synthetic [--formats tflite-fp32,tflite-int8,onnx] [--threads 2] \
+        [--repeats 10] [--warmup 3] [--json]
+
+The preset's random-weight generator (BatchNorm calibrated; `benchmarks.common`) is exported
+(fp32 TFLite, full-integer int8 TFLite, ONNX; verified) and each file is timed twice on this
+machine: natively (`clade_tf.export.load_runner`: LiteRT's interpreter with XNNPACK,
+onnxruntime; a fresh process) and in headless Chromium (`python -m export.web`'s site served on
+localhost with cross-origin isolation, `benchmarks/web_bench.mjs`: LiteRT.js for the .tflite
+files, onnxruntime-web for the .onnx, WebAssembly with `--threads` threads), each the median of
+`--repeats` calls after `--warmup`. Browser times are taken inside the page around the runtime
+call (input tensors in, output array out); the page's load time (runtime + model) and the
+browser's resident memory after the runs (all its processes) are reported.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from benchmarks.common import HelpFormatter, machine, size_bytes
+from benchmarks.guard import call_guarded, default_memory_limit_mb, exit_on_sigterm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNTIME = {"tflite-fp32": "litert", "tflite-fp16": "litert", "tflite-int8-dynamic": "litert",
+           "tflite-int8": "litert", "onnx": "ort"}
+
+
+def browser_time(site, threads, warmup, repeats):
+    from clade_tf.export.web import serve
+
+    server = serve(site, 0, background=True)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/?threads={threads}"
+        p = subprocess.run(["node", os.path.join(ROOT, "benchmarks", "web_bench.mjs"), url, str(warmup),
+                            str(repeats)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        if p.returncode:
+            lines = [x for x in p.stderr.splitlines() if "Error" in x or "error" in x] or ["node failed"]
+            return {"error": lines[0].strip()}
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def bench(args):
+    from clade_tf.export import FORMATS
+    from clade_tf.export.web import build_site
+
+    limit = default_memory_limit_mb()
+    tmp = tempfile.mkdtemp(prefix="clade-web-bench-")
+    rows = []
+    try:
+        exp, npz = os.path.join(tmp, "export"), os.path.join(tmp, "inputs.npz")
+        info, error, _ = call_guarded("benchmarks.common", "export_for_bench",
+                                      (args.preset, args.norm, args.formats, exp, npz), limit)
+        if info is None:
+            raise SystemExit(f"error: export failed: {error}")
+        for fmt in args.formats:
+            runtime = RUNTIME[fmt]
+            path = os.path.join(exp, FORMATS[fmt])
+            row = {"format": fmt, "size_bytes": size_bytes(path)}
+            native, error, _ = call_guarded("benchmarks.common", "time_model",
+                                            (path, npz, args.threads, args.repeats, args.warmup), limit)
+            row["native_ms"] = native["median_ms"] if native else None
+            row["native_error"] = error
+            site = os.path.join(tmp, f"site-{fmt}")
+            build_site(exp, site, args.preset, runtime, FORMATS[fmt])
+            b = browser_time(site, args.threads, args.warmup, args.repeats)
+            row.update(browser_ms=b.get("median_ms"), load_ms=b.get("load_ms"), backend=b.get("backend"),
+                       browser_rss_mb=b["memory_bytes"] / 2**20 if b.get("memory_bytes") else None,
+                       browser_error=b.get("error"))
+            print(f"[{fmt}] native {row['native_ms']} ms, browser {row['browser_ms']} ms", file=sys.stderr)
+            rows.append(row)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"preset": args.preset, "norm": args.norm, "threads": args.threads, "repeats": args.repeats,
+            "machine": machine(), "params": info["params"], "results": rows}
+
+
+def format_table(result):
+    def ms(v):
+        return "—" if v is None else f"{v:.1f}"
+
+    lines = [f"{result['preset']} generator ({result['norm']}, {result['params']:,} parameters), "
+             f"{result['threads']} threads, median of {result['repeats']} runs, {result['machine']}",
+             "", "| file | size | native (LiteRT / onnxruntime) ms | browser ms | browser / native | "
+                 "page load ms | browser RSS | browser runtime |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result["results"]:
+        ratio = (f"{r['browser_ms'] / r['native_ms']:.2f}×" if r["browser_ms"] and r["native_ms"] else "—")
+        lines.append(f"| {r['format']} | {r['size_bytes'] / 1e6:.2f} MB | {ms(r['native_ms'])} | "
+                     f"{ms(r['browser_ms'])} | {ratio} | {ms(r['load_ms'])} | "
+                     f"{'—' if r.get('browser_rss_mb') is None else format(r['browser_rss_mb'], '.0f') + ' MB'} | "
+                     f"{r['backend'] or r['browser_error'] or r['native_error']} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    from clade_tf.presets import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.web", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--preset", default="synthetic", choices=sorted(PRESETS), help="generator measured")
+    p.add_argument("--norm", default="clade", choices=("clade", "clade-icpe", "spade", "none"), help="norm mode")
+    p.add_argument("--formats", default="tflite-fp32,tflite-int8,onnx",
+                   help="comma-separated, some of: " + ", ".join(RUNTIME))
+    p.add_argument("--threads", type=int, default=2, help="threads of every runtime, native and WebAssembly")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before them")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args(argv)
+    args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in args.formats if f not in RUNTIME]
+    if bad or not args.formats:
+        p.error(f"--formats: {', '.join(bad) or 'none given'}; expected some of {', '.join(RUNTIME)}")
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("--threads and --repeats must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv=None):
+    exit_on_sigterm()
+    args = parse_args(argv)
+    result = bench(args)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
