@@ -7,7 +7,9 @@ stream from sample `s * batch_size` and sees exactly the batches an
 uninterrupted run would have seen.
 """
 
+import atexit
 import functools
+import gc
 import sys
 import threading
 
@@ -101,6 +103,26 @@ def report_once(message, key=None):
     print(message, file=sys.stderr)
 
 
+_DATASETS_MADE = threading.Event()
+
+
+@atexit.register
+def _release_iterators():
+    """Frees every live `tf.data` iterator before the interpreter finalizes.
+
+    An iterator destroyed during finalization waits for its in-flight `numpy_function`
+    calls, which wait for the GIL the finalizing thread holds: a script that stops
+    reading before the data is drained would hang at exit. Dropping the iterators'
+    resources here, while other threads can still take the GIL, lets them finish."""
+    if not _DATASETS_MADE.is_set():
+        return
+    from tensorflow.python.data.ops import iterator_ops
+
+    for obj in gc.get_objects():
+        if isinstance(obj, iterator_ops.OwnedIterator):
+            obj._iterator_resource = None
+
+
 def keys_for(use_instance, use_dist):
     keys = ["image", "label"]
     if use_instance:
@@ -135,6 +157,7 @@ def sample_rng(seed, epoch, index):
 def make_dataset(source, batch_size, height, width, seed=0, start_step=0, shuffle=True,
                  use_instance=False, use_dist=False, num_steps=None):
     """Batches from global step `start_step` on (forever, or `num_steps` batches)."""
+    _DATASETS_MADE.set()
     spe = steps_per_epoch(source, batch_size)
     per_epoch = spe * batch_size
     n = len(source)
