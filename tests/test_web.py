@@ -45,10 +45,12 @@ def exports(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("exports")
     out = {}
-    for norm, formats in (("clade", ["tflite-fp32", "onnx"]), ("clade-icpe", ["tflite-fp32"])):
-        cfg = presets.SYNTHETIC.replace(ngf=4).generator_config(norm)
-        out[norm] = str(root / norm)
-        exporter.export(unsaturated_generator(cfg), out[norm], formats)
+    for name, norm, vae, formats in (("clade", "clade", False, ["tflite-fp32", "onnx"]),
+                                     ("clade-icpe", "clade-icpe", False, ["tflite-fp32"]),
+                                     ("vae", "clade", True, ["tflite-fp32"])):
+        cfg = presets.SYNTHETIC.replace(ngf=4).generator_config(norm, use_vae=vae)
+        out[name] = str(root / name)
+        exporter.export(unsaturated_generator(cfg), out[name], formats)
     return out
 
 
@@ -84,6 +86,8 @@ def page_inputs(read):
         x["instance"] = np.array(read["instance"], np.int32).reshape(SIZE, SIZE)
     if read["dist"] is not None:
         x["dist"] = np.array(read["dist"], np.float32).reshape(SIZE, SIZE, 2)
+    if read["z"] is not None:
+        x["z"] = np.array(read["z"], np.float32)
     return x
 
 
@@ -114,12 +118,15 @@ def test_painting_in_chromium_matches_python(exports, tmp_path):
     browser_available()
     site = str(tmp_path / "site")
     assert web_main(["--export", exports["clade"], "--out", site]) == 0
-    png = tmp_path / "label.png"
+    png, bad = tmp_path / "label.png", tmp_path / "bad.png"
     loaded = synthetic.make_sample(7, 0, 6, SIZE, SIZE)["label"]
     viz.save_png(str(png), loaded.astype(np.uint8))
+    viz.save_png(str(bad), np.full((SIZE, SIZE), 9, np.uint8))  # class 9 of a 6-class model
     steps = STROKES + [
         {"op": "fill", "cls": 5, "x": 63, "y": 0}, {"op": "read", "name": "filled"},
         {"op": "undo"}, {"op": "read", "name": "undone"},
+        {"op": "paint", "tool": "eraser", "size": 4, "points": [[6, 6], [6, 20]]}, {"op": "read", "name": "erased"},
+        {"op": "load", "file": str(bad), "error": "refused"},
         {"op": "load", "file": str(png)}, {"op": "read", "name": "loaded"},
         {"op": "paint", "cls": 1, "size": 2, "points": [[32, 5], [32, 60]]},
         {"op": "screenshot", "path": str(tmp_path / "shot.png")},
@@ -130,13 +137,16 @@ def test_painting_in_chromium_matches_python(exports, tmp_path):
     painted = page_inputs(r["painted"])
     # the strokes landed where the mouse went (label-map pixels under the stroke's ends)
     assert painted["label"][6, 6] == 3 and painted["label"][40, 50] == 3 and painted["label"][50, 10] == 4
-    for name in ("painted", "filled", "loaded"):
+    for name in ("painted", "filled", "erased", "loaded"):
         x = page_inputs(r[name])
         check_instances(x)
         check_output(r[name], model, x)
     filled = page_inputs(r["filled"])["label"]
     assert filled[0, 63] == 5 and (filled != painted["label"]).any()
     assert (page_inputs(r["undone"])["label"] == painted["label"]).all()
+    erased = page_inputs(r["erased"])["label"]
+    assert erased[6, 6] == 0 and erased[20, 6] == 0  # the eraser paints class 0 where there is no don't-care
+    assert r["refused"] == "bad.png: pixel (0, 0) is class 9, the model knows 0..5"
     assert (page_inputs(r["loaded"])["label"] == loaded).all()
     assert "ms" in r["painted"]["status"] and "LiteRT.js" in r["painted"]["status"]
     shutil.copyfile(tmp_path / "shot.png", SCREENSHOT)
@@ -151,6 +161,21 @@ def test_icpe_map_computed_in_the_page_equals_python(exports, tmp_path):
     x = page_inputs(r["painted"])
     np.testing.assert_array_equal(x["dist"], icpe_distance_map(x["label"]))
     check_output(r["painted"], os.path.join(site, "model", "model_fp32.tflite"), x)
+
+
+@pytest.mark.slow
+def test_vae_model_new_style(exports, tmp_path):
+    browser_available()
+    site = str(tmp_path / "site")
+    assert web_main(["--export", exports["vae"], "--out", site]) == 0
+    r = run_page(site, STROKES + [{"op": "style"}, {"op": "read", "name": "restyled"}], tmp_path)
+    model = os.path.join(site, "model", "model_fp32.tflite")
+    a, b = page_inputs(r["painted"]), page_inputs(r["restyled"])
+    assert a["z"].shape == (256,) and abs(a["z"].std() - 1) < 0.2 and not np.allclose(a["z"], b["z"])
+    assert (a["label"] == b["label"]).all()
+    for read, x in ((r["painted"], a), (r["restyled"], b)):
+        check_output(read, model, x)
+    assert not np.array_equal(r["painted"]["output"], r["restyled"]["output"])
 
 
 @pytest.mark.slow

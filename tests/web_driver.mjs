@@ -1,7 +1,10 @@
 // Drives the demo page in headless Chromium (playwright-core, Debian's /usr/bin/chromium) like a
 // user: node tests/web_driver.mjs plan.json result.json. The plan: {url, steps: [...]}, each step
-//   {op: "paint", cls, size, points: [[x, y], ...]}   a mouse stroke in label-map pixels
-//   {op: "fill", cls, x, y} | {op: "undo"} | {op: "redo"} | {op: "load", file}   (file: a label PNG)
+//   {op: "paint", cls, size, points: [[x, y], ...], tool}   a mouse stroke in label-map pixels
+//                            (tool: "brush", the default, or "eraser", which takes no cls)
+//   {op: "fill", cls, x, y} | {op: "undo"} | {op: "redo"} | {op: "style"} (a VAE model's new z)
+//   {op: "load", file}       a label PNG; with `error: name`, one the page must refuse: its
+//                            status line goes to result[name]
 //   {op: "read", name}       the last run's inputs and the output canvas's pixels -> result[name]
 //   {op: "screenshot", path}
 // Every editing step waits for the model run it triggers. Errors on the page fail the run.
@@ -42,8 +45,8 @@ try {
   }
   for (const step of plan.steps) {
     if (step.op === 'paint') {
-      await choose(step.cls);
-      await page.click('.tool[data-tool="brush"]');
+      if (step.tool !== 'eraser') await choose(step.cls);
+      await page.click(`.tool[data-tool="${step.tool || 'brush'}"]`);
       await page.selectOption('#size', String(step.size));
       box = await page.locator('#label').boundingBox();
       await edit(async () => {
@@ -57,8 +60,12 @@ try {
       await page.click('.tool[data-tool="fill"]');
       box = await page.locator('#label').boundingBox();
       await edit(() => page.mouse.click(...at([step.x, step.y])));
-    } else if (step.op === 'undo' || step.op === 'redo') {
+    } else if (step.op === 'undo' || step.op === 'redo' || step.op === 'style') {
       await edit(() => page.click(`#${step.op}`));
+    } else if (step.op === 'load' && step.error) {
+      await page.setInputFiles('#load', step.file);
+      await page.waitForSelector('#status.error', { timeout: 60000 });
+      result[step.error] = await page.textContent('#status');
     } else if (step.op === 'load') {
       await edit(() => page.setInputFiles('#load', step.file));
     } else if (step.op === 'read') {
