@@ -273,9 +273,53 @@ def test_error_paths(tmp_path, capsys, monkeypatch):
     assert "--port 70000" in capsys.readouterr().err
 
 
-def test_serve_refuses_a_folder_without_a_site(tmp_path):
+def test_serve_errors_and_headers(tmp_path):
+    import urllib.request
+
     with pytest.raises(libweb.WebError, match="no index.html"):
         libweb.serve(str(tmp_path), 0)
+    (tmp_path / "index.html").write_text("<p>demo</p>")
+    server = libweb.serve(str(tmp_path), 0, background=True)
+    try:
+        port = server.server_address[1]
+        with pytest.raises(libweb.WebError, match=f"--port {port}: cannot listen"):
+            libweb.serve(str(tmp_path), port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:  # multi-threaded WebAssembly needs these
+            assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_preset_from_the_model():
+    def gen(preset, **kw):
+        return {**presets.PRESETS[preset].generator_config("clade").to_dict(), **kw}
+
+    assert libweb.guess_preset(gen("ade20k")) == "ade20k"
+    assert libweb.guess_preset(gen("cityscapes")) == "cityscapes"
+    assert libweb.guess_preset(gen("coco-stuff")) == "coco-stuff"
+    assert libweb.guess_preset(gen("synthetic-scenes")) == "synthetic-scenes"
+    assert libweb.guess_preset(gen("synthetic", image_height=32, image_width=32)) == "synthetic"
+    assert libweb.guess_preset(gen("custom", num_classes=77)) is None
+
+
+def test_web_benchmark_arguments_and_table(capsys):
+    from benchmarks import web as bweb
+
+    with pytest.raises(SystemExit):
+        bweb.parse_args(["--formats", "saved_model"])
+    capsys.readouterr()
+    assert bweb.parse_args(["--formats", "onnx,tflite-fp32"]).formats == ["onnx", "tflite-fp32"]
+    row = {"format": "onnx", "size_bytes": 2e6, "native_ms": 10.0, "browser_ms": 25.0, "load_ms": 900.0,
+           "browser_rss_mb": 700.0, "backend": "onnxruntime-web, WebAssembly, 2 threads", "browser_error": None,
+           "native_error": None}
+    failed = {**row, "format": "tflite-int8", "browser_ms": None, "backend": None, "browser_rss_mb": None,
+              "browser_error": "page: out of memory"}
+    table = bweb.format_table({"preset": "synthetic", "norm": "clade", "params": 1000, "threads": 2, "repeats": 5,
+                               "machine": "x", "results": [row, failed]})
+    assert "| onnx | 2.00 MB | 10.0 | 25.0 | 2.50× | 900.0 | 700 MB | onnxruntime-web" in table
+    assert "| tflite-int8 | 2.00 MB | 10.0 | — | — | 900.0 | — | page: out of memory |" in table
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ function pos(e) {
           Math.min(H - 1, Math.max(0, Math.floor((e.clientY - r.top) / r.height * H)))];
 }
 $('label').addEventListener('pointerdown', (e) => {
+  if (e.button !== 0) return;
   e.preventDefault();
   const [x, y] = pos(e);
   snapshot();
@@ -159,7 +160,7 @@ document.addEventListener('keydown', (e) => {
 
 // ---- label PNGs in and out --------------------------------------------------------------------
 // A label PNG holds class ids (grey, as python -m export.infer reads) or the palette's colours.
-async function loadLabelPng(blob, name) {
+async function loadLabelPng(blob, name, record = true) {
   const bmp = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   const cv = new OffscreenCanvas(bmp.width, bmp.height);
   const ctx = cv.getContext('2d', { willReadFrequently: true });
@@ -185,7 +186,7 @@ async function loadLabelPng(blob, name) {
       ids[i] = id;
     }
   }
-  snapshot();
+  if (record) snapshot();
   for (let y = 0; y < H; y++) {  // nearest resize to the model's size
     for (let x = 0; x < W; x++) {
       label[y * W + x] = ids[Math.floor(y * bmp.height / H) * bmp.width + Math.floor(x * bmp.width / W)];
@@ -423,7 +424,7 @@ try {
     `loaded in ${(demo.loadMs / 1000).toFixed(1)} s · ${runner.backend}`;
   demo.backend = runner.backend;
   const first = await fetch(cfg.examples[0]);
-  await loadLabelPng(await first.blob(), cfg.examples[0]);
+  await loadLabelPng(await first.blob(), cfg.examples[0], false);  // the start, not an undoable edit
   demo.ready = true;
 } catch (e) {
   demo.error = String(e);
