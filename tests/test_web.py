@@ -249,6 +249,9 @@ def test_error_paths(tmp_path, capsys, monkeypatch):
     os.makedirs(bad)
     (bad / "report.json").write_text("{not json")
     assert str(bad / "report.json") in err("--export", str(bad), "--out", str(tmp_path / "s"))
+    (bad / "report.json").write_text('{"generator": {"num_classes": 6}, "contract": {"inputs": ["label"]}}')
+    assert err("--export", str(bad), "--out", str(tmp_path / "s")) == \
+        f"error: {bad / 'report.json'}: not an export report (KeyError: 'image_height')"
     assert "--preset ade20k has 151 classes" in err("--export", exp, "--out", str(tmp_path / "s"),
                                                     "--preset", "ade20k")
     if os.path.isdir(os.path.join(libweb.node_modules(), "@litertjs")):

@@ -71,7 +71,10 @@ def read_export(export_dir):
     try:
         with open(path) as f:
             report = json.load(f)
-        report["generator"]["num_classes"], report["contract"]["inputs"]  # noqa: B018 (the keys used below)
+        gen, inputs = report["generator"], report["contract"]["inputs"]
+        missing = [k for k in ("num_classes", "image_height", "image_width") if k not in gen]
+        if missing or not isinstance(inputs, list):
+            raise KeyError(missing[0] if missing else "contract.inputs")
     except (ValueError, KeyError, TypeError) as e:
         raise WebError(f"{path}: not an export report ({type(e).__name__}: {e})") from None
     names = [n for files, _ in RUNTIMES.values() for n in files]
@@ -95,9 +98,9 @@ def choose_model(export_dir, runtime=None, model=None):
         if runtime and runtime != kind:
             raise WebError(f"--model {model} runs on the {kind} runtime, not --runtime {runtime}")
         return kind, model
-    order = [runtime] if runtime else [DEFAULT_RUNTIME] + [r for r in RUNTIMES if r != DEFAULT_RUNTIME]
     if runtime and runtime not in RUNTIMES:
         raise WebError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
+    order = [runtime] if runtime else [DEFAULT_RUNTIME] + [r for r in RUNTIMES if r != DEFAULT_RUNTIME]
     for r in order:
         name = RUNTIMES[r][0][0]
         if os.path.isfile(os.path.join(export_dir, name)):
