@@ -175,6 +175,8 @@ class DataConfig:
         palette: colour -> class file for custom RGB label masks.
         skip_bad_samples: report and skip bad samples instead of stopping.
         synthetic_length: samples per epoch of the synthetic dataset.
+        cache: a prepared cache of the training split (`python -m train.prepare`), read
+            instead of the image files (may change on resume).
     """
 
     dataset: str = "synthetic"
@@ -187,6 +189,7 @@ class DataConfig:
     palette: str | None = None
     skip_bad_samples: bool = False
     synthetic_length: int = 1024
+    cache: str | None = None
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -229,6 +232,7 @@ class OptimConfig:
         vgg_weights: local VGG19 (notop) Keras weights file; None disables the VGG loss.
         mixed_precision: None (float32), `float16` (`mixed_float16` with loss
             scaling: GPUs) or `bfloat16` (`mixed_bfloat16`: TPUs, CPUs with AVX512-BF16).
+        jit_compile: compile the train step with XLA (may change on resume).
     """
 
     batch_size: int = 8
@@ -243,6 +247,7 @@ class OptimConfig:
     lambda_kld: float = 0.05
     vgg_weights: str | None = None
     mixed_precision: str | None = None
+    jit_compile: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:

@@ -294,6 +294,7 @@ def build_gan(cfg: RunConfig, vgg_size=None):
     o = cfg.optim
     gan = CladeGAN(generator, discriminator, encoder, vgg, o.lambda_feat, o.lambda_vgg, o.lambda_kld,
                    seed=cfg.seed)
-    gan.compile(g_optimizer=make_optimizer(o.g_lr, cfg), d_optimizer=make_optimizer(o.d_lr, cfg))
+    gan.compile(g_optimizer=make_optimizer(o.g_lr, cfg), d_optimizer=make_optimizer(o.d_lr, cfg),
+                jit_compile=o.jit_compile)
     gan.build_all()
     return gan

@@ -58,6 +58,8 @@ def build_parser():
       help="checkpoint every N steps (and at the end)")
     a("--log-every", type=int, default=m.log_every, metavar="N", help="TensorBoard scalars every N steps")
     a("--image-every", type=int, default=m.image_every, metavar="N", help="TensorBoard sample grid every N steps")
+    a("--cache", metavar="DIR", help="read the training split from this prepared cache (python -m train.prepare) "
+      "instead of decoding the files")
     a("--skip-bad-samples", action="store_true",
       help="report and skip unreadable / mismatched / out-of-range samples instead of stopping")
     a("--label-nc", help="custom datasets: number of classes (without don't-care), or 'auto' to scan the labels")
@@ -65,6 +67,8 @@ def build_parser():
     a("--palette", metavar="FILE",
       help="custom datasets with RGB colour masks: colour -> class file (JSON or 'r g b class' lines)")
     a("--use-instance", action="store_true", help="custom datasets: read instance maps from <dataroot>/instances")
+    a("--jit-compile", action="store_true",
+      help="compile the train step with XLA (GPU hosts; a resume may turn it on or off)")
     a("--mixed-precision", nargs="?", const="float16", choices=("float16", "bfloat16"),
       help="mixed-precision compute: float16 with loss scaling (the bare flag; GPUs), or bfloat16 "
            "(TPUs, CPUs with AVX512-BF16); variables stay float32")
@@ -111,6 +115,10 @@ def resolve(args):
         problems.append(f"--dataset {args.dataset} needs --dataroot DIR")
     elif args.dataroot and not os.path.isdir(args.dataroot):
         problems.append(f"--dataroot {args.dataroot} does not exist")
+    if args.cache and args.dataset in PROCEDURAL_DATASETS:
+        problems.append(f"--cache: {args.dataset} is generated in memory, there is nothing to prepare")
+    elif args.cache and not os.path.isdir(args.cache):
+        problems.append(f"--cache {args.cache}: not found (python -m train.prepare writes it)")
     if args.steps is not None and args.epochs is not None:
         problems.append("give --steps or --epochs, not both")
     elif args.steps is None and args.epochs is None and args.dataset not in PROCEDURAL_DATASETS:
@@ -144,14 +152,15 @@ def resolve(args):
         optim = OptimConfig(batch_size=batch, steps=args.steps or DEFAULT_SYNTHETIC_STEPS, g_lr=args.g_lr,
                             d_lr=args.d_lr, beta1=args.beta1, beta2=args.beta2, decay_start=args.decay_start,
                             lambda_feat=args.lambda_feat, lambda_vgg=args.lambda_vgg, lambda_kld=args.lambda_kld,
-                            vgg_weights=args.vgg_weights, mixed_precision=args.mixed_precision)
+                            vgg_weights=args.vgg_weights, mixed_precision=args.mixed_precision,
+                            jit_compile=args.jit_compile)
         monitor = MonitorConfig(log_every=args.log_every, image_every=args.image_every,
                                 checkpoint_every=args.checkpoint_every)
         cfg = preset.run_config(
             args.norm, dataroot=args.dataroot, use_vae=args.use_vae, param_free_norm=args.param_free_norm,
             optim=optim, monitor=monitor, seed=args.seed,
             data={"palette": args.palette, "skip_bad_samples": args.skip_bad_samples,
-                  "synthetic_length": args.synthetic_length},
+                  "synthetic_length": args.synthetic_length, "cache": args.cache},
             evaluation=EvalConfig(every=args.eval_every, images=args.eval_images,
                                   inception_weights=args.inception_weights, real_stats=args.real_stats,
                                   segmenter=args.segmenter, segmenter_size=args.segmenter_size,

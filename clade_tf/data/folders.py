@@ -282,6 +282,36 @@ def load_folder_sample(sample, spec, prep, rng, use_instance, use_dist):
     Returns a dict of numpy arrays: `image` float32 [H, W, 3] in [-1, 1], `label`
     int32 [H, W], and `instance` int32 / `dist` float32 [H, W, 2] when asked.
     """
+    full = load_resized(sample, spec, prep, use_instance, use_dist)
+    x0, y0, flip = crop_params(prep, full["label"].shape, rng)
+
+    def crop(a):
+        a = a[y0:y0 + prep.crop_height, x0:x0 + prep.crop_width]
+        return a[:, ::-1] if flip else a
+
+    out = {"image": np.ascontiguousarray(crop(full["image"])).astype(np.float32) / 127.5 - 1.0,
+           "label": np.ascontiguousarray(crop(full["label"]))}
+    if "instance" in full:
+        out["instance"] = np.ascontiguousarray(crop(full["instance"]))
+    if "dist" in full:
+        d = full["dist"][y0:y0 + prep.crop_height, x0:x0 + prep.crop_width]
+        out["dist"] = np.ascontiguousarray(flip_distance_map(d) if flip else d)
+    return out
+
+
+def crop_params(prep, size_hw, rng):
+    """`(x0, y0, flip)` of a sample's random crop and flip, drawn from its `rng` (the
+    order of draws is part of the data position: resume and the prepared cache rely on it)."""
+    x0 = int(rng.integers(0, max(0, size_hw[1] - prep.crop_width) + 1))
+    y0 = int(rng.integers(0, max(0, size_hw[0] - prep.crop_height) + 1))
+    flip = bool(prep.flip and rng.uniform() > 0.5)
+    return x0, y0, flip
+
+
+def load_resized(sample, spec, prep, use_instance, use_dist):
+    """One sample read and resized as the official preprocessing does, before its random
+    crop: `image` uint8 [S, S, 3], `label` int32, `instance` int32 and `dist` float32
+    [S, S, 2] when asked (S: the load size; `fixed`: the crop size)."""
     label_arr, label_size = read_label(sample.label, spec)
     try:
         image = Image.open(sample.image)
@@ -317,23 +347,11 @@ def load_folder_sample(sample, spec, prep, rng, use_instance, use_dist):
     label = _resize(label, *size, Image.NEAREST)
     inst = _resize(inst, *size, Image.NEAREST) if inst is not None else None
     lab = np.asarray(label).astype(np.int32)
-    img = np.asarray(image).astype(np.float32) / 127.5 - 1.0
-    ins = np.asarray(inst).astype(np.int32) if inst is not None else None
-    # ICPE map on the resized label (the official one is computed at full size,
-    # then resized): before the crop, so components keep their real centroid.
-    dist = icpe_distance_map(lab, spec.label_nc if spec.contain_dontcare else None) if use_dist else None
-    x0 = int(rng.integers(0, max(0, size[0] - prep.crop_width) + 1))
-    y0 = int(rng.integers(0, max(0, size[1] - prep.crop_height) + 1))
-    flip = prep.flip and rng.uniform() > 0.5
-
-    def crop(a):
-        a = a[y0:y0 + prep.crop_height, x0:x0 + prep.crop_width]
-        return a[:, ::-1] if flip else a
-
-    out = {"image": np.ascontiguousarray(crop(img)), "label": np.ascontiguousarray(crop(lab))}
-    if ins is not None:
-        out["instance"] = np.ascontiguousarray(crop(ins))
-    if dist is not None:
-        d = dist[y0:y0 + prep.crop_height, x0:x0 + prep.crop_width]
-        out["dist"] = np.ascontiguousarray(flip_distance_map(d) if flip else d)
+    out = {"image": np.asarray(image, dtype=np.uint8), "label": lab}
+    if inst is not None:
+        out["instance"] = np.asarray(inst).astype(np.int32)
+    if use_dist:
+        # ICPE map on the resized label (the official one is computed at full size, then
+        # resized): before the crop, so components keep their real centroid.
+        out["dist"] = icpe_distance_map(lab, spec.label_nc if spec.contain_dontcare else None)
     return out

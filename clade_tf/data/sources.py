@@ -34,6 +34,10 @@ def make_source(data: DataConfig, generator: GeneratorConfig, seed=0, phase="tra
                                   f"{data.num_classes}")
             return pipeline.ScenesSource(h, w, data.synthetic_length, seed + offset, use_dist)
         return pipeline.SyntheticSource(data.num_classes, h, w, data.synthetic_length, seed + offset, use_dist)
+    if data.cache and phase == "train" and augment is not False:
+        from clade_tf.data.cache import CacheSource
+
+        return CacheSource(data.cache, data, (h, w), use_instance, use_dist)
     if not data.dataroot:
         raise ConfigError(f"the {data.dataset} dataset needs its folder (--dataroot DIR)")
     samples, problems = folders.list_samples(data.dataset, data.dataroot, phase, use_instance)
@@ -59,6 +63,9 @@ def make_training_dataset(source, generator: GeneratorConfig, batch_size, seed, 
                           num_steps=None, shuffle=True):
     """The `tf.data` batches of `source` from global step `start_step` (see `pipeline.make_dataset`)."""
     keys = generator.data_keys
+    if hasattr(source, "make_dataset"):  # a prepared cache reads and crops in TensorFlow ops
+        return source.make_dataset(batch_size, seed=seed, start_step=start_step, num_steps=num_steps,
+                                   shuffle=shuffle)
     return pipeline.make_dataset(source, batch_size, generator.image_height, generator.image_width,
                                  seed=seed, start_step=start_step, shuffle=shuffle,
                                  use_instance="instance" in keys, use_dist="dist" in keys,

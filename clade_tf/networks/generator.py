@@ -23,6 +23,19 @@ def upsample2x(x):
                                             half_pixel_centers=False)
 
 
+@tf.custom_gradient
+def upsample2x_trainable(x):
+    """`upsample2x` whose gradient is a 2x2 sum (what `ResizeNearestNeighborGrad` computes),
+    written with a reshape so that XLA can compile it (`--jit-compile`): XLA has no kernel
+    for `ResizeNearestNeighborGrad`. Training only; inference keeps the plain op, which
+    is what the exports contain."""
+    def grad(dy):
+        s = tf.shape(dy)
+        return tf.reduce_sum(tf.reshape(dy, [s[0], s[1] // 2, 2, s[2] // 2, 2, s[3]]), axis=[2, 4])
+
+    return upsample2x(x), grad
+
+
 @keras.saving.register_keras_serializable(package="clade_tf")
 class Generator(keras.Model):
     """Semantic image synthesis generator with CLADE, CLADE-ICPE, SPADE or plain norms.
@@ -191,7 +204,7 @@ class Generator(keras.Model):
         prev = None
         for blk, s in self.block_strides():
             if prev is not None and s != prev:
-                x = upsample2x(x)
+                x = upsample2x_trainable(x) if training else upsample2x(x)
             x = blk(x, levels[s], training=training)
             prev = s
         return self.conv_img(tf.nn.leaky_relu(x, 0.2))
