@@ -93,8 +93,8 @@ def precision_check(gan, precision):
     return None, in_f32
 
 
-def build(preset, mode, precision, batch_size):
-    """`(step function, batch, row facts)` of one (mode, precision) pair."""
+def build(preset, mode, precision, batch_size, xla=False):
+    """`(step function, batch, row facts)` of one (mode, precision, XLA) row."""
     import keras
     import tensorflow as tf
 
@@ -113,7 +113,7 @@ def build(preset, mode, precision, batch_size):
         facts["layers_in_float32"] = in_f32
     if error:
         raise RuntimeError(error)
-    return tf.function(gan.train_step), random_batch(cfg, batch_size), facts
+    return tf.function(gan.train_step, jit_compile=xla), random_batch(cfg, batch_size), facts
 
 
 class _RetracingWarnings(logging.Filter):
@@ -134,24 +134,25 @@ def bench_train(args):
     tf.get_logger().addFilter(_RetracingWarnings())
     preset = get_preset(args.preset)
     batch_size = args.batch_size or preset.batch_size
-    pairs = [(m, p) for m in split(args.modes) for p in split(args.precisions)]
-    bad = sorted({p for _, p in pairs} - set(PRECISIONS))
+    xla_modes = {"off": [False], "on": [True], "both": [False, True]}[args.xla]
+    pairs = [(m, p, x) for m in split(args.modes) for p in split(args.precisions) for x in xla_modes]
+    bad = sorted({p for _, p, _ in pairs} - set(PRECISIONS))
     if bad:
         raise SystemExit(f"error: --precisions {','.join(bad)}: expected some of {', '.join(PRECISIONS)}")
     rows, steps = {}, {}
     for pair in pairs:
-        mode, precision = pair
-        row = rows[pair] = {"mode": mode, "precision": precision, "round_seconds_per_step": []}
+        mode, precision, xla = pair
+        row = rows[pair] = {"mode": mode, "precision": precision, "xla": xla, "round_seconds_per_step": []}
         t = time.time()
         try:
-            fn, batch, facts = build(preset, mode, precision, batch_size)
+            fn, batch, facts = build(preset, mode, precision, batch_size, xla)
             row.update(facts)
             float(fn(batch)["G_total"])  # traces
             steps[pair] = (fn, batch)
-            print(f"[{mode} {precision}] built and traced in {time.time() - t:.1f}s", file=sys.stderr)
+            print(f"[{mode} {precision}{' xla' if xla else ''}] built and traced in {time.time() - t:.1f}s", file=sys.stderr)
         except Exception as e:  # a row that cannot build or train fails alone
             row["error"] = one_line(e)
-            print(f"[{mode} {precision}] failed: {row['error']}", file=sys.stderr)
+            print(f"[{mode} {precision}{' xla' if xla else ''}] failed: {row['error']}", file=sys.stderr)
             gc.collect()
     # Warm up only now: building a row reseeds TensorFlow, after which the next call of
     # every step function built before is slow again (seconds), as in its first round.
@@ -199,13 +200,13 @@ def format_table(result):
     lines = [(f"train step, preset {result['preset']} {result['image_size'][0]}x{result['image_size'][1]}, "
               f"batch {result['batch_size']}, {result['machine']}")]
     for r in rows:
-        name = f"{r['mode']:<11} {r['precision']:<9}"
+        name = f"{r['mode']:<11} {r['precision']:<9}" + (" xla" if r.get("xla") else "    ")
         if "error" in r:
             lines.append(f"  {name} failed: {r['error']}")
             continue
         line = (f"  {name} {r['steps_per_second']:8.3f} steps/s  ({r['seconds_per_step_median']:.3f} s/step, "
                 f"best {r['seconds_per_step_best']:.3f}, x{r['time_vs_first']:.2f} time vs "
-                f"{first['mode']} {first['precision']})")
+                f"{first['mode']} {first['precision']}{' xla' if first.get('xla') else ''})")
         if r.get("layers_in_float32"):
             line += f"  [{len(r['layers_in_float32'])} conv/dense layers in float32]"
         if r.get("note"):
@@ -229,6 +230,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="timed rounds, interleaved across rows")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed steps per row once every row is built (after its tracing step)")
+    p.add_argument("--xla", choices=("off", "on", "both"), default="off",
+                   help="compile the step with XLA (python -m train --jit-compile); both: a row each")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p.parse_args(argv)
 
