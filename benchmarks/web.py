@@ -1,7 +1,7 @@
 r"""Latency of the exported generator in the browser demo vs the native runtimes.
 
     python -m benchmarks.web --preset synthetic [--formats tflite-fp32,tflite-int8,onnx] [--threads 2] \
-        [--repeats 10] [--warmup 3] [--json]
+        [--rounds 3] [--repeats 10] [--warmup 3] [--json]
 
 The preset's random-weight generator (BatchNorm calibrated; `benchmarks.common`) is exported
 (fp32 TFLite, full-integer int8 TFLite, ONNX; verified) and each file is timed twice on this
@@ -9,15 +9,18 @@ machine: natively (`clade_tf.export.load_runner`: LiteRT's interpreter with XNNP
 onnxruntime; a fresh process) and in headless Chromium (`python -m export.web`'s site served on
 localhost with cross-origin isolation, `benchmarks/web_bench.mjs`: LiteRT.js for the .tflite
 files, onnxruntime-web for the .onnx, WebAssembly with `--threads` threads), each the median of
-`--repeats` calls after `--warmup`. Browser times are taken inside the page around the runtime
-call (input tensors in, output array out); the page's load time (runtime + model) and the
-browser's resident memory after the runs (all its processes) are reported.
+`--repeats` calls after `--warmup`, in `--rounds` rounds that alternate the two (a fresh process
+and a fresh browser each time); the median over rounds is reported. Browser times are taken
+inside the page around the runtime call (input tensors in, output array out); the page's load
+time (runtime + model) and the browser's resident memory after the runs (all its processes) are
+reported.
 """
 
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,32 +56,47 @@ def bench(args):
 
     limit = default_memory_limit_mb()
     tmp = tempfile.mkdtemp(prefix="clade-web-bench-")
-    rows = []
     try:
         exp, npz = os.path.join(tmp, "export"), os.path.join(tmp, "inputs.npz")
         info, error, _ = call_guarded("benchmarks.common", "export_for_bench",
                                       (args.preset, args.norm, args.formats, exp, npz), limit)
         if info is None:
             raise SystemExit(f"error: export failed: {error}")
+        rows = {fmt: {"format": fmt, "size_bytes": size_bytes(os.path.join(exp, FORMATS[fmt])), "native_round_ms": [],
+                      "browser_round_ms": [], "load_round_ms": [], "browser_rss_mb": None, "backend": None,
+                      "native_error": None, "browser_error": None} for fmt in args.formats}
         for fmt in args.formats:
-            runtime = RUNTIME[fmt]
-            path = os.path.join(exp, FORMATS[fmt])
-            row = {"format": fmt, "size_bytes": size_bytes(path)}
-            native, error, _ = call_guarded("benchmarks.common", "time_model",
-                                            (path, npz, args.threads, args.repeats, args.warmup), limit)
-            row["native_ms"] = native["median_ms"] if native else None
-            row["native_error"] = error
-            site = os.path.join(tmp, f"site-{fmt}")
-            build_site(exp, site, args.preset, runtime, FORMATS[fmt])
-            b = browser_time(site, args.threads, args.warmup, args.repeats)
-            row.update(browser_ms=b.get("median_ms"), load_ms=b.get("load_ms"), backend=b.get("backend"),
-                       browser_rss_mb=b["memory_bytes"] / 2**20 if b.get("memory_bytes") else None,
-                       browser_error=b.get("error"))
-            print(f"[{fmt}] native {row['native_ms']} ms, browser {row['browser_ms']} ms", file=sys.stderr)
-            rows.append(row)
+            build_site(exp, os.path.join(tmp, f"site-{fmt}"), args.preset, RUNTIME[fmt], FORMATS[fmt])
+        # rounds alternate native and browser runs of every file, so load from other processes on
+        # the machine hits both sides alike; the reported value is the median over rounds
+        for rnd in range(args.rounds):
+            for fmt, row in rows.items():
+                native, error, _ = call_guarded("benchmarks.common", "time_model",
+                                                (os.path.join(exp, FORMATS[fmt]), npz, args.threads, args.repeats,
+                                                 args.warmup), limit)
+                if native:
+                    row["native_round_ms"].append(native["median_ms"])
+                row["native_error"] = row["native_error"] or error
+                b = browser_time(os.path.join(tmp, f"site-{fmt}"), args.threads, args.warmup, args.repeats)
+                if "error" in b:
+                    row["browser_error"] = row["browser_error"] or b["error"]
+                else:
+                    row["browser_round_ms"].append(b["median_ms"])
+                    row["load_round_ms"].append(b["load_ms"])
+                    row["backend"] = b["backend"]
+                    rss = b["memory_bytes"] / 2**20 if b.get("memory_bytes") else None
+                    row["browser_rss_mb"] = max(row["browser_rss_mb"] or 0, rss or 0) or None
+                print(f"[round {rnd + 1}/{args.rounds} {fmt}] native {native and native['median_ms']} ms, "
+                      f"browser {b.get('median_ms')} ms", file=sys.stderr)
+        for row in rows.values():
+            for key in ("native", "browser", "load"):
+                times = row[f"{key}_round_ms"]
+                row[f"{key}_ms"] = statistics.median(times) if times else None
+        rows = list(rows.values())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"preset": args.preset, "norm": args.norm, "threads": args.threads, "repeats": args.repeats,
+            "rounds": args.rounds,
             "machine": machine(), "params": info["params"], "results": rows}
 
 
@@ -87,7 +105,8 @@ def format_table(result):
         return "—" if v is None else f"{v:.1f}"
 
     lines = [f"{result['preset']} generator ({result['norm']}, {result['params']:,} parameters), "
-             f"{result['threads']} threads, median of {result['repeats']} runs, {result['machine']}",
+             f"{result['threads']} threads, median over {result.get('rounds', 1)} rounds of the median of "
+             f"{result['repeats']} runs, {result['machine']}",
              "", "| file | size | native (LiteRT / onnxruntime) ms | browser ms | browser / native | "
                  "page load ms | browser RSS | browser runtime |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["results"]:
@@ -110,14 +129,16 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="threads of every runtime, native and WebAssembly")
     p.add_argument("--repeats", type=int, default=10, help="timed calls")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before them")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="native and browser timings alternate this many times per file; the median is reported")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in args.formats if f not in RUNTIME]
     if bad or not args.formats:
         p.error(f"--formats: {', '.join(bad) or 'none given'}; expected some of {', '.join(RUNTIME)}")
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("--threads and --repeats must be >= 1, --warmup >= 0")
+    if args.threads < 1 or args.repeats < 1 or args.rounds < 1 or args.warmup < 0:
+        p.error("--threads, --repeats and --rounds must be >= 1, --warmup >= 0")
     return args
 
 
