@@ -74,7 +74,7 @@ def load_generator(args):
         if args.calibration_dataroot:
             data = dataclasses.replace(data, dataroot=args.calibration_dataroot)
         name = f"{data.dataset} data" if run.is_imported() else "run data"
-        return g, data, cfg.seed, name, ""
+        return g, data, cfg.seed, name, "", _dontcare(cfg.data)
     if not args.preset:
         raise ExportError("--weights needs --preset NAME (the preset the weights were trained with)")
     norm, pfn = args.norm or "clade", args.param_free_norm or "syncbatch"
@@ -87,8 +87,13 @@ def load_generator(args):
     load_weights_checked(g, args.weights, f"preset {args.preset} / norm {norm} (param-free norm {pfn}"
                                           f"{', VAE' if args.use_vae else ''})")
     if args.preset not in PROCEDURAL_DATASETS and not args.calibration_dataroot:
-        return g, None, 0, "", f"no --calibration-dataroot for the {args.preset} data"
-    return g, cfg.data, cfg.seed, f"{args.preset} data", ""
+        return g, None, 0, "", f"no --calibration-dataroot for the {args.preset} data", _dontcare(cfg.data)
+    return g, cfg.data, cfg.seed, f"{args.preset} data", "", _dontcare(cfg.data)
+
+
+def _dontcare(data):
+    """The don't-care class id of the data (CLADE-ICPE leaves it without positions), or None."""
+    return data.label_nc if data.contain_dontcare else None
 
 
 def main(argv=None):
@@ -104,7 +109,7 @@ def main(argv=None):
         if args.batch < 1:
             raise ExportError(f"--batch {args.batch}: expected >= 1")
         formats = parse_formats(args.formats)
-        g, data, seed, source_name, unavailable = load_generator(args)
+        g, data, seed, source_name, unavailable, dontcare = load_generator(args)
         calibration = source = None
         if "tflite-int8" in formats:
             calibration, source, reason = calibration_inputs(g.config, args.calibration_samples, data, seed,
@@ -113,7 +118,8 @@ def main(argv=None):
                 print(f"notice: int8 calibration on {args.calibration_samples} blocky random label maps, not the "
                       f"training data: {reason}")
         report = export(g, args.out, formats, batch=args.batch, force=args.force,
-                        calibration=calibration, calibration_source=source, inputs=(args.run, args.weights))
+                        calibration=calibration, calibration_source=source, inputs=(args.run, args.weights),
+                        dontcare_class=dontcare)
     except (ExportError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -131,7 +131,8 @@ def run(args):
         if insts is not None:
             x["instance"] = read_label(insts[i], None, h, w, "instance map")[None]
         if "dist" in report["contract"]["inputs"]:
-            x["dist"] = icpe_distance_map(lab)[None]
+            # as training computed it: the don't-care class has no position
+            x["dist"] = icpe_distance_map(lab, report["contract"].get("dontcare_class"))[None]
         if "z" in report["contract"]["inputs"]:
             x["z"] = rng.standard_normal((1, gen["z_dim"])).astype(np.float32)
         x = {k: x[k] for k in report["contract"]["inputs"]}

@@ -53,12 +53,12 @@ def keras_output(g, inputs):
     return g({k: tf.constant(v) for k, v in inputs.items()}, training=False).numpy()
 
 
-def make_run(tmp_path, **kw):
+def make_run(tmp_path, dontcare=False, **kw):
     cfg = GeneratorConfig(**{**dict(num_classes=5, image_height=32, image_width=32, ngf=4,
                                     param_free_norm="batch", use_instance=True, norm_mode="clade-icpe"), **kw})
     g = unsaturated_generator(cfg)
     # an imported run (as export.from_torch writes it): a custom dataset without a folder
-    data = presets.custom_preset(5, use_instance=True).data_config()
+    data = presets.custom_preset(4 if dontcare else 5, contain_dontcare=dontcare, use_instance=True).data_config()
     RunDirectory(tmp_path / "run").write_imported(RunConfig(data=data, generator=cfg), g, None,
                                                   {"checkpoint": "G.pth"})
     return str(tmp_path / "run"), cfg
@@ -446,3 +446,34 @@ def test_force_never_deletes_what_is_not_an_earlier_export(tmp_path, monkeypatch
         assert "\n" not in err and err.startswith("error: ") and message in err, err
     assert sorted(os.listdir(tmp_path)) == ["file", "mine", "run"]
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "x" and os.listdir(run)
+
+
+def test_infer_leaves_the_dontcare_class_without_position(tmp_path):
+    """A CLADE-ICPE model of a dataset with a don't-care class was trained with positional maps
+    that leave that class at zero: export records the class, infer computes the map the same way."""
+    from PIL import Image
+
+    from clade_tf.data.icpe import icpe_distance_map
+    from export.infer import main as infer_main
+
+    run, _ = make_run(tmp_path, dontcare=True)
+    out = tmp_path / "exp"
+    assert export_main(["--run", run, "--out", str(out), "--formats", "tflite"]) == 0
+    assert json.loads((out / "report.json").read_text())["contract"]["dontcare_class"] == 4
+    lab = np.kron(np.array([[4, 4, 1, 2], [4, 4, 3, 0], [0, 1, 4, 4], [2, 3, 4, 4]]),
+                  np.ones((8, 8), np.int64)).astype(np.uint8)
+    inst = np.zeros_like(lab)
+    Image.fromarray(lab).save(tmp_path / "label.png")
+    Image.fromarray(inst).save(tmp_path / "inst.png")
+    g, _ = RunDirectory(run).load_generator()
+
+    def expected(ignore):
+        y = keras_output(g, {"label": lab[None].astype(np.int32), "instance": inst[None].astype(np.int32),
+                             "dist": icpe_distance_map(lab.astype(np.int32), ignore)[None]})[0]
+        return np.clip(np.rint((y + 1) * 127.5), 0, 255)
+
+    assert infer_main(["--model", str(out), "--labels", str(tmp_path / "label.png"),
+                       "--instances", str(tmp_path / "inst.png"), "--out", str(tmp_path / "o.png")]) == 0
+    img = np.asarray(Image.open(tmp_path / "o.png")).astype(np.int64)
+    assert np.abs(img - expected(4)).max() <= 1
+    assert np.abs(img - expected(None)).max() > 2  # the map with a positioned don't-care differs

@@ -126,7 +126,7 @@ def verify(kind, out, reference, tflite_reference, what):
 
 
 def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
-           calibration_source=None, inputs=()):
+           calibration_source=None, inputs=(), dontcare_class=None):
     """Writes the formats into `out_dir` (atomically) and returns the report dict.
 
     `force` replaces an earlier export only, never `inputs` (the run or weights file
@@ -152,8 +152,11 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
     reference = generator({k: tf.constant(v) for k, v in check.items()}, training=False).numpy()
     if calibration is None:
         calibration, calibration_source = example_inputs(cfg, 1, seed=2, n_batches=8), "random blocky labels"
+    # dontcare_class: the class a CLADE-ICPE caller leaves at zero position
+    # (`icpe_distance_map(label, dontcare_class)`, as training did)
     report = {"contract": {"inputs": names, "output": "image", "batch": batch,
-                           "height": cfg.image_height, "width": cfg.image_width},
+                           "height": cfg.image_height, "width": cfg.image_width,
+                           "dontcare_class": dontcare_class},
               "generator": cfg.to_dict(), "formats": {}}
     if "tflite-int8" in formats:
         report["calibration"] = calibration_source or "given inputs"

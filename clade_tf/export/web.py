@@ -194,6 +194,7 @@ def site_config(report, preset_name, runtime, model_file):
 
     p = PRESETS.get(preset_name)
     dontcare = c - 1 if p is not None and p.contain_dontcare and p.num_classes == c else None
+    dontcare = report["contract"].get("dontcare_class", dontcare)  # recorded by the export
     colours = viz.palette(preset_name or "custom", c)
     return {
         "preset": preset_name, "height": gen["image_height"], "width": gen["image_width"],
