@@ -24,7 +24,6 @@ import shutil
 import numpy as np
 
 from clade_tf.data import folders
-from clade_tf.data.icpe import flip_distance_map
 
 FORMAT = "clade-tf-prepared/1"
 MANIFEST = "manifest.json"
@@ -245,22 +244,8 @@ class CacheSource:
 
     def load(self, index, rng):
         """Sample `index` cropped and flipped by `rng` (as `folders.load_folder_sample`)."""
-        full = self.read(index)
-        x0, y0, flip = folders.crop_params(self.prep, self.layout.size, rng)
-        p = self.prep
-
-        def crop(a):
-            a = a[y0:y0 + p.crop_height, x0:x0 + p.crop_width]
-            return a[:, ::-1] if flip else a
-
-        out = {"image": np.ascontiguousarray(crop(full["image"])).astype(np.float32) / 127.5 - 1.0,
-               "label": np.ascontiguousarray(crop(full["label"]))}
-        if "instance" in self.keys:
-            out["instance"] = np.ascontiguousarray(crop(full["instance"]))
-        if "dist" in self.keys:
-            d = full["dist"][y0:y0 + p.crop_height, x0:x0 + p.crop_width]
-            out["dist"] = np.ascontiguousarray(flip_distance_map(d) if flip else d)
-        return out
+        full = {k: v for k, v in self.read(index).items() if k in self.keys}
+        return folders.crop_sample(full, self.prep, folders.crop_params(self.prep, self.layout.size, rng))
 
     def make_dataset(self, batch_size, seed=0, start_step=0, num_steps=None, shuffle=True):
         """The batches of `pipeline.make_dataset` over this cache, read and cropped in

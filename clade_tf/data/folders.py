@@ -283,7 +283,13 @@ def load_folder_sample(sample, spec, prep, rng, use_instance, use_dist):
     int32 [H, W], and `instance` int32 / `dist` float32 [H, W, 2] when asked.
     """
     full = load_resized(sample, spec, prep, use_instance, use_dist)
-    x0, y0, flip = crop_params(prep, full["label"].shape, rng)
+    return crop_sample(full, prep, crop_params(prep, full["label"].shape, rng))
+
+
+def crop_sample(full, prep, params):
+    """The training crop `params = (x0, y0, flip)` of a sample's load-size arrays
+    (`load_resized`'s), the image scaled to [-1, 1] float32."""
+    x0, y0, flip = params
 
     def crop(a):
         a = a[y0:y0 + prep.crop_height, x0:x0 + prep.crop_width]

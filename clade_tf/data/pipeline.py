@@ -31,8 +31,11 @@ class SyntheticSource:
     def __len__(self):
         return self.length
 
+    def make_sample(self, index):
+        return synthetic.make_sample(self.seed, int(index), self.num_classes, self.height, self.width)
+
     def load(self, index, rng):
-        s = synthetic.make_sample(self.seed, int(index), self.num_classes, self.height, self.width)
+        s = self.make_sample(index)
         if self.use_dist:
             s["dist"] = icpe_distance_map(s["label"])
         return s
@@ -44,11 +47,8 @@ class ScenesSource(SyntheticSource):
     def __init__(self, height, width, length=1024, seed=0, use_dist=False):
         super().__init__(scenes.NUM_CLASSES, height, width, length, seed, use_dist)
 
-    def load(self, index, rng):
-        s = scenes.make_sample(self.seed, int(index), self.height, self.width)
-        if self.use_dist:
-            s["dist"] = icpe_distance_map(s["label"])
-        return s
+    def make_sample(self, index):
+        return scenes.make_sample(self.seed, int(index), self.height, self.width)
 
 
 class FolderSource:
