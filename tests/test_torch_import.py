@@ -163,12 +163,12 @@ def test_official_checkpoint_to_tflite_to_png_end_to_end(tmp_path):
     ours = tflite({"label": lab, "instance": inst, "dist": nhwc(data["in/dist"])})
     assert rel_l2(ours, official) < 1e-4
     # export.infer writes that model's image for a label / instance PNG (its ICPE map computed
-    # from the labels), to 8-bit rounding
+    # from the labels as training does: the don't-care class 3 left without position), to 8-bit rounding
     Image.fromarray(lab[0].astype(np.uint8)).save(tmp_path / "label.png")
     Image.fromarray(inst[0].astype(np.uint8)).save(tmp_path / "inst.png")
     out = tmp_path / "out.png"
     assert infer_main(["--model", os.path.join(exp, "model_fp32.tflite"), "--labels", str(tmp_path / "label.png"),
                        "--instances", str(tmp_path / "inst.png"), "--out", str(out)]) == 0
-    want = tflite({"label": lab[:1], "instance": inst[:1], "dist": icpe_distance_map(lab[0])[None]})[0]
+    want = tflite({"label": lab[:1], "instance": inst[:1], "dist": icpe_distance_map(lab[0], 3)[None]})[0]
     got = np.asarray(Image.open(out)).astype(np.float32) / 127.5 - 1
     assert np.abs(got - want).max() <= 0.5 / 127.5 + 1e-6
