@@ -24,6 +24,7 @@ import shutil
 import numpy as np
 
 from clade_tf.data import folders
+from clade_tf.outdir import sha256
 
 FORMAT = "clade-tf-prepared/1"
 MANIFEST = "manifest.json"
@@ -60,14 +61,6 @@ class CacheLayout:
 def _file_record(path):
     st = os.stat(path)
     return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _hash(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prepare_one(args):
@@ -227,7 +220,7 @@ class CacheSource:
                 raise CacheError(f"{self.path}: sample file {f} has {n} bytes, expected {size} (damaged)")
         if verify == "sha256":
             with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as ex:
-                for f, rec, digest in zip(self.files, self.manifest["files"], ex.map(_hash, self.files)):
+                for f, rec, digest in zip(self.files, self.manifest["files"], ex.map(sha256, self.files)):
                     if digest != rec["sha256"]:
                         raise CacheError(f"{self.path}: sample file {f} changed since it was prepared "
                                          "(SHA-256 differs); prepare the cache again")
