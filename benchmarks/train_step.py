@@ -1,8 +1,8 @@
 r"""Training speed: optimizer steps per second of the full GAN step per norm mode and precision.
 
-    python -m benchmarks.train_step --preset synthetic --modes clade,spade \
-        [--precisions float32,float16,bfloat16] [--steps 10] [--rounds 3] [--warmup 2] \
-        [--batch-size N] [--json]
+    python -m benchmarks.train_step --preset synthetic,ade20k --modes clade,spade \
+        [--precisions float32,float16,bfloat16] [--xla off|on|both] [--steps 10] [--rounds 3] \
+        [--warmup 2] [--batch-size N] [--official DIR --torch-python PYTHON] [--json]
 
 One step is `CladeGAN.train_step` (one generator and one discriminator update, no
 VGG) of the GAN that `python -m train` builds (`clade_tf.gan.build_gan` of the
@@ -10,7 +10,13 @@ preset's run configuration), on a fixed random batch at the preset's size and cl
 count (data loading excluded). Every (mode, precision) pair is a row, all built
 (and traced) in one process before any is warmed up or timed; rounds interleave the
 rows so that load from other processes hits them alike. Reported: the median and best seconds per step over rounds and each
-row's time relative to the first row.
+row's time relative to the first row of its preset.
+
+`--official DIR` adds, per preset and mode, a row for the official PyTorch step (a
+local copy of github.com/tzt101/CLADE, run by `--torch-python`, a Python with torch
+and torchvision; see `benchmarks.official_step`) at the same size, classes, widths
+and batch, without the VGG loss as here, on the same batch. Its process stays up
+and its rounds interleave with ours.
 
 `--precisions` (alias `--mixed-precision`) takes `float32`, `float16`
 (`mixed_float16`, with loss scaling) and `bfloat16` (`mixed_bfloat16`). A mixed row
@@ -124,94 +130,195 @@ class _RetracingWarnings(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
+def official_options(cfg, batch_size):
+    """The official `train.py` options of the run configuration `cfg` (the step of this
+    benchmark: no VGG loss, CPU)."""
+    g, d, data = cfg.generator, cfg.discriminator, cfg.data
+    if g.norm_mode not in ("clade", "clade-icpe", "spade") or g.use_vae:
+        raise ValueError(f"the official code has no {g.norm_mode}{' VAE' if g.use_vae else ''} generator")
+    opts = ["--name", "bench", "--gpu_ids", "-1", "--dataset_mode", "custom", "--label_dir", ".",
+            "--image_dir", ".", "--preprocess_mode", "fixed", "--label_nc", str(data.label_nc),
+            "--crop_size", str(g.image_width), "--load_size", str(g.image_width),
+            "--aspect_ratio", str(g.image_width / g.image_height), "--batchSize", str(batch_size),
+            "--ngf", str(g.ngf), "--ndf", str(d.ndf), "--num_D", str(d.num_d), "--n_layers_D", str(d.n_layers),
+            "--num_upsampling_layers", g.num_upsampling_layers,
+            "--norm_mode", "spade" if g.norm_mode == "spade" else "clade", "--no_vgg_loss"]
+    if data.contain_dontcare:
+        opts.append("--contain_dontcare_label")
+    if not g.use_instance:
+        opts.append("--no_instance")
+    if g.norm_mode == "clade-icpe":
+        opts.append("--add_dist")
+    return opts
+
+
+class OfficialStep:
+    """The official step in a child process (`benchmarks.official_step`), driven a round
+    at a time so that its rounds interleave with ours."""
+
+    def __init__(self, python, official, cfg, batch, batch_size, workdir):
+        import subprocess
+
+        import numpy as np
+
+        npz = os.path.join(workdir, f"batch-{len(os.listdir(workdir))}.npz")
+        np.savez(npz, **{k: v.numpy() for k, v in batch.items()})
+        self.proc = subprocess.Popen(
+            [python, "-m", "benchmarks.official_step", "--official", official, "--batch", npz,
+             "--threads", str(os.cpu_count()), "--", *official_options(cfg, batch_size)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.facts = self._answer()
+
+    def _answer(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            err = [x for x in self.proc.stderr.read().splitlines() if x.strip()]
+            raise RuntimeError("the official step stopped: " + (err[-1] if err else f"exit {self.proc.wait()}"))
+        return json.loads(line)
+
+    def run(self, steps):
+        """`(seconds for `steps` steps, last generator loss)`."""
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        r = self._answer()
+        return r["seconds"], r["loss"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("0\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, ValueError, TimeoutError):
+                self.proc.kill()
+
+
+def _ours(step):
+    fn, batch = step
+
+    def run(steps):
+        t = time.perf_counter()
+        for _ in range(steps):
+            logs = fn(batch)
+        loss = float(logs["G_total"])  # waits for the result
+        return time.perf_counter() - t, loss
+    return run
+
+
 def bench_train(args):
     import gc
+    import tempfile
 
     import tensorflow as tf
 
     from clade_tf.presets import get_preset
 
     tf.get_logger().addFilter(_RetracingWarnings())
-    preset = get_preset(args.preset)
-    batch_size = args.batch_size or preset.batch_size
+    presets = split(args.preset)
     xla_modes = {"off": [False], "on": [True], "both": [False, True]}[args.xla]
-    pairs = [(m, p, x) for m in split(args.modes) for p in split(args.precisions) for x in xla_modes]
-    bad = sorted({p for _, p, _ in pairs} - set(PRECISIONS))
+    keys = [(pr, "ours", m, p, x) for pr in presets for m in split(args.modes)
+            for p in split(args.precisions) for x in xla_modes]
+    bad = sorted({k[3] for k in keys} - set(PRECISIONS))
     if bad:
         raise SystemExit(f"error: --precisions {','.join(bad)}: expected some of {', '.join(PRECISIONS)}")
-    rows, steps = {}, {}
-    for pair in pairs:
-        mode, precision, xla = pair
-        row = rows[pair] = {"mode": mode, "precision": precision, "xla": xla, "round_seconds_per_step": []}
-        t = time.time()
-        try:
-            fn, batch, facts = build(preset, mode, precision, batch_size, xla)
-            row.update(facts)
-            float(fn(batch)["G_total"])  # traces
-            steps[pair] = (fn, batch)
-            print(f"[{mode} {precision}{' xla' if xla else ''}] built and traced in {time.time() - t:.1f}s", file=sys.stderr)
-        except Exception as e:  # a row that cannot build or train fails alone
-            row["error"] = one_line(e)
-            print(f"[{mode} {precision}{' xla' if xla else ''}] failed: {row['error']}", file=sys.stderr)
-            gc.collect()
-    # Warm up only now: building a row reseeds TensorFlow, after which the next call of
-    # every step function built before is slow again (seconds), as in its first round.
-    for pair, (fn, batch) in list(steps.items()):
-        try:
-            for _ in range(args.warmup):
-                float(fn(batch)["G_total"])
-        except Exception as e:
-            rows[pair]["error"] = one_line(e)
-            del steps[pair]
-    for _ in range(args.rounds):
-        for pair in pairs:
-            if pair not in steps:
-                continue
-            fn, batch = steps[pair]
+    if args.official:
+        keys += [(pr, "official", m, "float32", False) for pr in presets for m in split(args.modes)]
+    rows, runners, officials = {}, {}, []
+    workdir = tempfile.mkdtemp(prefix="clade-train-step-")
+    try:
+        for key in keys:
+            pr, impl, mode, precision, xla = key
+            preset = get_preset(pr)
+            batch_size = args.batch_size or preset.batch_size
+            row = rows[key] = {"preset": pr, "image_size": [preset.image_height, preset.image_width],
+                               "batch_size": batch_size, "impl": impl, "mode": mode, "precision": precision,
+                               "xla": xla, "round_seconds_per_step": []}
+            name = f"{pr} {impl} {mode} {precision}{' xla' if xla else ''}"
+            t = time.time()
             try:
-                t = time.perf_counter()
-                for _ in range(args.steps):
-                    logs = fn(batch)
-                loss = float(logs["G_total"])  # waits for the result
-            except Exception as e:  # a row failing later on (e.g. after a retrace) stops alone
-                rows[pair]["error"] = one_line(e)
-                del steps[pair]
-                continue
-            rows[pair]["round_seconds_per_step"].append((time.perf_counter() - t) / args.steps)
-            if math.isnan(loss):  # the speed is still measured, but say so
-                rows[pair]["note"] = "the generator loss is NaN"
-    base = None
+                if impl == "ours":
+                    fn, batch, facts = build(preset, mode, precision, batch_size, xla)
+                    row.update(facts)
+                    float(fn(batch)["G_total"])  # traces
+                    runners[key] = _ours((fn, batch))
+                else:
+                    cfg = preset.run_config(mode)
+                    off = OfficialStep(args.torch_python, args.official, cfg,
+                                       random_batch(cfg, batch_size), batch_size, workdir)
+                    officials.append(off)
+                    row.update(torch=off.facts.get("torch"), torch_threads=off.facts.get("threads"))
+                    off.run(1)  # first step: allocations
+                    runners[key] = off.run
+                print(f"[{name}] built and traced in {time.time() - t:.1f}s", file=sys.stderr)
+            except Exception as e:  # a row that cannot build or train fails alone
+                row["error"] = one_line(e)
+                print(f"[{name}] failed: {row['error']}", file=sys.stderr)
+                gc.collect()
+        # Warm up only now: building a row reseeds TensorFlow, after which the next call of
+        # every step function built before is slow again (seconds), as in its first round.
+        for key, run in list(runners.items()):
+            try:
+                if args.warmup:
+                    run(args.warmup)
+            except Exception as e:
+                rows[key]["error"] = one_line(e)
+                del runners[key]
+        for rnd in range(args.rounds):
+            for key in keys:
+                if key not in runners:
+                    continue
+                try:
+                    seconds, loss = runners[key](args.steps)
+                except Exception as e:  # a row failing later on (e.g. after a retrace) stops alone
+                    rows[key]["error"] = one_line(e)
+                    del runners[key]
+                    continue
+                rows[key]["round_seconds_per_step"].append(seconds / args.steps)
+                print(f"[round {rnd + 1}/{args.rounds} {' '.join(str(k) for k in key)}] "
+                      f"{seconds / args.steps:.3f} s/step", file=sys.stderr)
+                if math.isnan(loss):  # the speed is still measured, but say so
+                    rows[key]["note"] = "the generator loss is NaN"
+    finally:
+        for off in officials:
+            off.close()
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+    base = {}
     for row in rows.values():
         times = row["round_seconds_per_step"]
         if not times or "error" in row:
             continue
         med = sorted(times)[len(times) // 2]
-        base = base or med
+        first = base.setdefault(row["preset"], (med, row))
         row.update(seconds_per_step_median=med, seconds_per_step_best=min(times),  # least disturbed round
-                   steps_per_second=1.0 / med, time_vs_first=med / base)
-    return {"benchmark": "train_step", "preset": args.preset, "batch_size": batch_size,
-            "image_size": [preset.image_height, preset.image_width], "steps_per_round": args.steps,
+                   steps_per_second=1.0 / med, time_vs_first=med / first[0])
+    return {"benchmark": "train_step", "presets": presets, "steps_per_round": args.steps,
             "rounds": args.rounds, "machine": machine(), "rows": list(rows.values())}
 
 
+def row_name(r):
+    return f"{r['impl']:<8} {r['mode']:<11} {r['precision']:<9}" + (" xla" if r.get("xla") else "    ")
+
+
 def format_table(result):
-    rows = result["rows"]
-    first = next((r for r in rows if "time_vs_first" in r), None)
-    lines = [(f"train step, preset {result['preset']} {result['image_size'][0]}x{result['image_size'][1]}, "
-              f"batch {result['batch_size']}, {result['machine']}")]
-    for r in rows:
-        name = f"{r['mode']:<11} {r['precision']:<9}" + (" xla" if r.get("xla") else "    ")
-        if "error" in r:
-            lines.append(f"  {name} failed: {r['error']}")
-            continue
-        line = (f"  {name} {r['steps_per_second']:8.3f} steps/s  ({r['seconds_per_step_median']:.3f} s/step, "
-                f"best {r['seconds_per_step_best']:.3f}, x{r['time_vs_first']:.2f} time vs "
-                f"{first['mode']} {first['precision']}{' xla' if first.get('xla') else ''})")
-        if r.get("layers_in_float32"):
-            line += f"  [{len(r['layers_in_float32'])} conv/dense layers in float32]"
-        if r.get("note"):
-            line += f"  [{r['note']}]"
-        lines.append(line)
+    lines = [f"train step, {result['machine']}, {result['rounds']} rounds of {result['steps_per_round']} steps"]
+    for preset in result["presets"]:
+        rows = [r for r in result["rows"] if r["preset"] == preset]
+        first = next((r for r in rows if "time_vs_first" in r), None)
+        lines.append(f"preset {preset} {rows[0]['image_size'][0]}x{rows[0]['image_size'][1]}, "
+                     f"batch {rows[0]['batch_size']}")
+        for r in rows:
+            if "error" in r:
+                lines.append(f"  {row_name(r)} failed: {r['error']}")
+                continue
+            line = (f"  {row_name(r)} {r['steps_per_second']:8.3f} steps/s  ({r['seconds_per_step_median']:.3f} "
+                    f"s/step, best {r['seconds_per_step_best']:.3f}, x{r['time_vs_first']:.2f} time vs "
+                    f"{row_name(first).strip()})")
+            if r.get("layers_in_float32"):
+                line += f"  [{len(r['layers_in_float32'])} conv/dense layers in float32]"
+            if r.get("note"):
+                line += f"  [{r['note']}]"
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -220,8 +327,9 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__,
                                 formatter_class=HelpFormatter)
-    p.add_argument("--preset", default="synthetic", choices=sorted(PRESETS),
-                   help="dataset preset: image size, classes, network widths, default batch size")
+    p.add_argument("--preset", default="synthetic",
+                   help="comma-separated dataset presets (image size, classes, network widths, default "
+                        "batch size), of: " + ", ".join(sorted(PRESETS)))
     p.add_argument("--modes", default="clade,spade", help="comma-separated norm modes")
     p.add_argument("--precisions", "--mixed-precision", default="float32", metavar="PRECISIONS",
                    help="comma-separated: " + ", ".join(PRECISIONS) + "; each mode runs at each precision")
@@ -232,8 +340,22 @@ def parse_args(argv=None):
                    help="untimed steps per row once every row is built (after its tracing step)")
     p.add_argument("--xla", choices=("off", "on", "both"), default="off",
                    help="compile the step with XLA (python -m train --jit-compile); both: a row each")
+    p.add_argument("--official", metavar="DIR",
+                   help="also time the official PyTorch step: a local copy of github.com/tzt101/CLADE")
+    p.add_argument("--torch-python", metavar="PYTHON",
+                   help="with --official: a Python that has torch and torchvision")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    bad = [x for x in split(args.preset) if x not in PRESETS]
+    if bad or not split(args.preset):
+        p.error(f"--preset {args.preset}: expected some of {', '.join(sorted(PRESETS))}")
+    if args.official:
+        if not args.torch_python:
+            p.error("--official needs --torch-python (a Python that has torch and torchvision)")
+        if not os.path.isfile(os.path.join(args.official, "trainers", "pix2pix_trainer.py")):
+            p.error(f"--official {args.official}: expected a copy of github.com/tzt101/CLADE "
+                    "(trainers/pix2pix_trainer.py not found)")
+    return args
 
 
 def main(argv=None):

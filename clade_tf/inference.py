@@ -6,10 +6,27 @@ training=False)` computes, with:
 - spectral normalization folded into plain kernels (`kernel_orig / sigma` with the
   stored u, v), so no power-iteration state or sigma ops remain;
 - for CLADE (and the `none` backbone) with batch-type norms, the BatchNorm moving
-  statistics folded into the modulation: with `s = sqrt(var + eps)`,
-  `norm(x) * gamma[l] + beta[l] = x * (gamma/s)[l] + (beta - mean * gamma/s)[l]`,
-  so each CLADE layer is one lookup and one multiply-add;
-- no label-range assertion (exported graphs take it as a contract).
+  statistics folded away, so each CLADE layer is one lookup and one multiply-add.
+  With `s = sqrt(var + eps)`: `norm_1`, which reads `conv_0`'s output, folds them
+  into that conv (`(conv(x) - mean) / s` is a conv with kernel `/ s` and bias
+  `(b - mean) / s`) and keeps its tables; `norm_0` and `norm_s`, which read the
+  residual stream, fold them into their tables: `norm(x) * gamma[l] + beta[l] =
+  x * (gamma/s)[l] + (beta - mean * gamma/s)[l]`. Both are exact; folding into the
+  conv also keeps that conv's output channels at unit scale, which per-tensor int8
+  quantization needs (folded into the tables instead, channels with a small `s`
+  were quantized to a few levels and then multiplied by a large `gamma/s`: the
+  full-integer model's largest error);
+- no label-range assertion (exported graphs take it as a contract);
+- two rewrites that compute the same numbers in a form full-integer int8 quantizes
+  well (TFLite quantizes each activation tensor with one scale):
+  - the one-hot label map is a lookup in an identity table (GATHER), not ONE_HOT:
+    TFLite's int8 ONE_HOT gets the off value wrong (a 7-class one-hot into a 1x1
+    conv came out up to 2.1 off, of a range of 2.3);
+  - CLADE's instance-edge channel is not concatenated to the modulated features:
+    the conv that reads them is split along its input channels,
+    `conv(concat([m, e])) = conv_m(m) + conv_e(e)` (with the activation applied to
+    each part first). A concatenation shares one scale, on which the edge channel's
+    two values fell between levels at every pixel.
 
 The folded generator is an `InferenceGenerator`: a `Generator` whose blocks are
 `InferenceResnetBlock`s (plain convs; folded norms without a normalization layer),
@@ -70,6 +87,31 @@ class InferenceResnetBlock(ResnetBlock):
         kwargs["spectral_norm"] = False
         super().__init__(*args, **kwargs)
 
+    @property
+    def splits_edge(self):
+        """The convs after a CLADE norm read its instance-edge channel as their own input."""
+        return self.use_instance_edge and self.norm_mode in ("clade", "clade-icpe")
+
+    def call(self, x, cond, training=None):
+        if not self.splits_edge:
+            return super().call(x, cond, training=training)
+        x_s = self._edge_split(self.norm_s, self.conv_s, x, cond, False) if self.learned_shortcut else x
+        dx = self._edge_split(self.norm_0, self.conv_0, x, cond, True)
+        dx = self._edge_split(self.norm_1, self.conv_1, dx, cond, True)
+        return x_s + dx
+
+    def _edge_split(self, norm, conv, x, cond, activate):
+        """`conv(act(norm(x)))` with the edge channel convolved on its own (module doc)."""
+        m, e = norm.modulate(x, cond), norm.edge_feature(cond, x.dtype)
+        if activate:
+            m, e = tf.nn.leaky_relu(m, 0.2), tf.nn.leaky_relu(e, 0.2)
+        kernel = tf.convert_to_tensor(conv.kernel)
+        c = int(m.shape[-1])
+        y = conv.convolve(m, kernel[:, :, :c])
+        if conv.bias is not None:  # next to its conv, where the converters fuse it
+            y = y + conv.bias
+        return y + conv.convolve(e, kernel[:, :, c:])
+
     def make_norm(self, name):
         if not folds_batch_norm(self.norm_mode, self.param_free_norm):
             return super().make_norm(name)
@@ -93,6 +135,14 @@ class InferenceGenerator(Generator):
     @property
     def folds_batch_norm(self):
         return folds_batch_norm(self.config.norm_mode, self.config.param_free_norm)
+
+    def segmap(self, cond):
+        # a lookup in an identity table: the same numbers as tf.one_hot (module doc)
+        k = self.config.num_classes
+        seg = tf.gather(tf.eye(k, dtype=tf.float32), cond["label"])
+        if "edge" in cond:
+            seg = tf.concat([seg, cond["edge"]], axis=-1)
+        return seg
 
     def make_block(self, fin, fout, name):
         c = self.config
@@ -123,13 +173,14 @@ def _copy_bn(src, dst):
 
 
 def _fold_affine(src, dst, fold):
-    """Copies `gamma`, `beta` (a CLADE table or a per-channel affine), folding the
-    BatchNorm statistics into them when `fold` (else copying the statistics)."""
+    """Copies `gamma`, `beta` (a CLADE table or a per-channel affine); `fold`: "tables"
+    folds the BatchNorm statistics into them, "conv" leaves them out (the preceding
+    conv normalizes, `_normalize_conv`), None copies them."""
     gamma, beta = src.gamma.numpy().astype(np.float64), src.beta.numpy().astype(np.float64)
-    if fold:
+    if fold == "tables":
         mean, scale = _bn_stats(src)
         gamma, beta = gamma / scale, beta - mean * gamma / scale
-    else:
+    elif fold is None:
         _copy_bn(src, dst)
     dst.gamma.assign(gamma.astype(np.float32))
     dst.beta.assign(beta.astype(np.float32))
@@ -153,6 +204,13 @@ def _fold_norm(src, dst, fold):
         raise TypeError(f"cannot fold {type(src).__name__}")
 
 
+def _normalize_conv(conv, norm):
+    """Folds `norm`'s BatchNorm statistics into `conv`, whose output it normalizes."""
+    mean, scale = _bn_stats(norm)
+    conv.kernel.assign((conv.kernel.numpy().astype(np.float64) / scale).astype(np.float32))
+    conv.bias.assign(((conv.bias.numpy().astype(np.float64) - mean) / scale).astype(np.float32))
+
+
 def fold_for_inference(generator: Generator) -> InferenceGenerator:
     """A new `InferenceGenerator` equal to `generator` in inference (see module doc)."""
     generator.build()
@@ -169,7 +227,11 @@ def fold_for_inference(generator: Generator) -> InferenceGenerator:
         for name in ("conv_0", "conv_1") + (("conv_s",) if src.learned_shortcut else ()):
             _copy_conv(getattr(src, name), getattr(dst, name))
         for name in ("norm_0", "norm_1") + (("norm_s",) if src.learned_shortcut else ()):
-            _fold_norm(getattr(src, name), getattr(dst, name), fold_bn)
+            into_conv = fold_bn and name == "norm_1"  # norm_1 reads conv_0's output
+            _fold_norm(getattr(src, name), getattr(dst, name),
+                       ("conv" if into_conv else "tables") if fold_bn else None)
+            if into_conv:
+                _normalize_conv(dst.conv_0, src.norm_1)
     _copy_conv(generator.conv_img, out.conv_img)
     return out
 

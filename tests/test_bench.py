@@ -149,12 +149,12 @@ def test_train_step_reports_each_mode_and_precision(monkeypatch):
     assert len(rows[("spade", "float32")]["round_seconds_per_step"]) == 2
     assert rows[("spade", "float16")]["error"].startswith("RuntimeError: not mixed precision")
     table = train_step.format_table(result)
-    assert "spade       float16       failed: RuntimeError: not mixed precision" in table
+    assert "ours     spade       float16       failed: RuntimeError: not mixed precision" in table
     args = train_step.parse_args(["--modes", "clade", "--xla", "both", "--steps", "1", "--rounds", "1",
                                   "--warmup", "0"])
     rows = train_step.bench_train(args)["rows"]
     assert [(r["mode"], r["xla"]) for r in rows] == [("clade", False), ("clade", True)]
-    assert "clade       float32   xla" in train_step.format_table({**result, "rows": rows})
+    assert "ours     clade       float32   xla" in train_step.format_table({**result, "rows": rows})
 
 
 def test_mixed_precision_check_reads_the_layers_not_the_model_policy():

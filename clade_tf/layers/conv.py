@@ -141,17 +141,19 @@ class Conv2D(keras.layers.Layer):
         return tf.convert_to_tensor(self.kernel) / self.sigma(training)
 
     def call(self, x, training=None):
-        kernel = tf.cast(self.effective_kernel(bool(training)), x.dtype)
-        k, p, s = self.kernel_size, self.padding, self.strides
-        if s == 1 and 2 * p == k - 1:
-            y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
-        else:
-            if p:
-                x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-            y = tf.nn.conv2d(x, kernel, strides=s, padding="VALID")
+        y = self.convolve(x, tf.cast(self.effective_kernel(bool(training)), x.dtype))
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         return y
+
+    def convolve(self, x, kernel):
+        """This layer's convolution (padding, stride) of `x` with `kernel`, no bias."""
+        k, p, s = self.kernel_size, self.padding, self.strides
+        if s == 1 and 2 * p == k - 1:
+            return tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+        if p:
+            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        return tf.nn.conv2d(x, kernel, strides=s, padding="VALID")
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape

@@ -225,14 +225,22 @@ class ClassAdaptiveNorm(ConditionalNorm):
         return gamma, beta
 
     def call(self, x, cond, training=None):
+        out = self.modulate(x, cond, training=training)
+        if self.use_instance_edge:
+            out = tf.concat([out, self.edge_feature(cond, x.dtype)], axis=-1)
+        return out
+
+    def modulate(self, x, cond, training=None):
+        """`norm(x) * gamma[label] + beta[label]`: the output without the edge channel."""
         label = self._cond(cond, "label", "CLADE")
         dist = self._cond(cond, "dist", "CLADE-ICPE") if self.use_icpe else None
         gamma, beta = self.modulation(label, dist, x.dtype)
-        out = self.norm(x, training=training) * gamma + beta
-        if self.use_instance_edge:
-            edge = self._cond(cond, "edge", "instance-edge CLADE")
-            out = tf.concat([out, self.edge_conv(tf.cast(edge, x.dtype))], axis=-1)
-        return out
+        return self.norm(x, training=training) * gamma + beta
+
+    def edge_feature(self, cond, dtype):
+        """The appended channel: the 1x1 conv of the instance edge map, `[N, H, W, 1]`."""
+        edge = self._cond(cond, "edge", "instance-edge CLADE")
+        return self.edge_conv(tf.cast(edge, dtype))
 
     def elementwise_ops(self, input_shape):
         chw = _shape_elements(input_shape)
