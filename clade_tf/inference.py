@@ -17,24 +17,9 @@ training=False)` computes, with:
   were quantized to a few levels and then multiplied by a large `gamma/s`: the
   full-integer model's largest error);
 - no label-range assertion (exported graphs take it as a contract);
-- two rewrites that compute the same numbers in a form full-integer int8 quantizes
-  well (TFLite quantizes each activation tensor with one scale):
-  - the one-hot label map is a lookup in an identity table (GATHER), not ONE_HOT:
-    TFLite's int8 ONE_HOT gets the off value wrong (a 7-class one-hot into a 1x1
-    conv came out up to 2.1 off, of a range of 2.3);
-  - CLADE's instance-edge channel is not concatenated to the modulated features:
-    the conv that reads them is split along its input channels,
-    `conv(concat([m, e])) = conv_m(m) + conv_e(e)` (with the activation applied to
-    each part first). A concatenation shares one scale, on which the edge channel's
-    two values fell between levels at every pixel.
-
-The folded generator is an `InferenceGenerator`: a `Generator` whose blocks are
-`InferenceResnetBlock`s (plain convs; folded norms without a normalization layer),
-so the core layers carry no inference-only switches.
-
-CLADE-ICPE keeps its BatchNorm: the mean term is multiplied by `(1 + conv_g(dist))`
-but the shift by `(1 + conv_b(dist))`, so it does not fold into beta. SPADE keeps
-it too (its gamma is data-dependent). Instance norm has no statistics to fold.
+- the one-hot label map as a lookup in an identity table (GATHER), not ONE_HOT: the
+  same numbers, but TFLite's int8 ONE_HOT gets the off value wrong (a 7-class
+  one-hot into a 1x1 conv came out up to 2.1 off, of a range of 2.3).
 """
 
 import keras
@@ -86,31 +71,6 @@ class InferenceResnetBlock(ResnetBlock):
     def __init__(self, *args, **kwargs):
         kwargs["spectral_norm"] = False
         super().__init__(*args, **kwargs)
-
-    @property
-    def splits_edge(self):
-        """The convs after a CLADE norm read its instance-edge channel as their own input."""
-        return self.use_instance_edge and self.norm_mode in ("clade", "clade-icpe")
-
-    def call(self, x, cond, training=None):
-        if not self.splits_edge:
-            return super().call(x, cond, training=training)
-        x_s = self._edge_split(self.norm_s, self.conv_s, x, cond, False) if self.learned_shortcut else x
-        dx = self._edge_split(self.norm_0, self.conv_0, x, cond, True)
-        dx = self._edge_split(self.norm_1, self.conv_1, dx, cond, True)
-        return x_s + dx
-
-    def _edge_split(self, norm, conv, x, cond, activate):
-        """`conv(act(norm(x)))` with the edge channel convolved on its own (module doc)."""
-        m, e = norm.modulate(x, cond), norm.edge_feature(cond, x.dtype)
-        if activate:
-            m, e = tf.nn.leaky_relu(m, 0.2), tf.nn.leaky_relu(e, 0.2)
-        kernel = tf.convert_to_tensor(conv.kernel)
-        c = int(m.shape[-1])
-        y = conv.convolve(m, kernel[:, :, :c])
-        if conv.bias is not None:  # next to its conv, where the converters fuse it
-            y = y + conv.bias
-        return y + conv.convolve(e, kernel[:, :, c:])
 
     def make_norm(self, name):
         if not folds_batch_norm(self.norm_mode, self.param_free_norm):
@@ -204,11 +164,21 @@ def _fold_norm(src, dst, fold):
         raise TypeError(f"cannot fold {type(src).__name__}")
 
 
-def _normalize_conv(conv, norm):
-    """Folds `norm`'s BatchNorm statistics into `conv`, whose output it normalizes."""
-    mean, scale = _bn_stats(norm)
-    conv.kernel.assign((conv.kernel.numpy().astype(np.float64) / scale).astype(np.float32))
-    conv.bias.assign(((conv.bias.numpy().astype(np.float64) - mean) / scale).astype(np.float32))
+def _fold_into_conv(conv, src, dst):
+    """Folds the BatchNorm statistics of `src` (a norm reading `conv`'s output) into
+    `conv`; `dst`'s tables get what is left.
+
+    Each output channel is divided by `a = max(s, s_median / 100)`, not by `s` alone: a
+    near-dead channel (variance near zero) divided by its own tiny `s` would give the
+    int8 conv a requantization scale XNNPACK refuses (>= 256). The tables then take
+    the rest, `gamma * a / s` (1 for every ordinary channel).
+    """
+    mean, scale = _bn_stats(src)
+    a = np.maximum(scale, np.median(scale) / 100)
+    conv.kernel.assign((conv.kernel.numpy().astype(np.float64) / a).astype(np.float32))
+    conv.bias.assign(((conv.bias.numpy().astype(np.float64) - mean) / a).astype(np.float32))
+    dst.gamma.assign((src.gamma.numpy().astype(np.float64) * (a / scale)).astype(np.float32))
+    dst.beta.assign(src.beta.numpy())
 
 
 def fold_for_inference(generator: Generator) -> InferenceGenerator:
@@ -231,7 +201,7 @@ def fold_for_inference(generator: Generator) -> InferenceGenerator:
             _fold_norm(getattr(src, name), getattr(dst, name),
                        ("conv" if into_conv else "tables") if fold_bn else None)
             if into_conv:
-                _normalize_conv(dst.conv_0, src.norm_1)
+                _fold_into_conv(dst.conv_0, src.norm_1, dst.norm_1)
     _copy_conv(generator.conv_img, out.conv_img)
     return out
 

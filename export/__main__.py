@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def build_parser():
     from clade_tf.cli import HelpFormatter
-    from clade_tf.export.exporter import CALIBRATION_SAMPLES
+    from clade_tf.export.exporter import CALIBRATION_SAMPLES, VERIFY_SAMPLES
     from clade_tf.export.runtime import FORMATS
     from clade_tf.presets import PRESETS
 
@@ -37,6 +37,12 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES, metavar="N",
                    help="int8 calibration samples")
+    p.add_argument("--verify-samples", type=int, default=VERIFY_SAMPLES, metavar="N",
+                   help="samples of the training data after the calibration samples that every format is "
+                        "verified on (rounded up to a multiple of --batch; blocky random label maps when "
+                        "there is no data)")
+    p.add_argument("--explain-int8", action="store_true",
+                   help="also measure the int8 error of each layer group alone (report.json's int8_layers)")
     p.add_argument("--calibration-dataroot", metavar="DIR",
                    help="dataset folder for the int8 calibration (the preset's layout); with --run it "
                         "replaces the recorded --dataroot")
@@ -100,6 +106,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from clade_tf.config import ConfigError
     from clade_tf.export import ExportError, calibration_inputs, export, parse_formats
+    from clade_tf.export.exporter import check_inputs
 
     try:
         if not args.out:
@@ -108,18 +115,32 @@ def main(argv=None):
             raise ExportError(f"--calibration-samples {args.calibration_samples}: expected >= 1")
         if args.batch < 1:
             raise ExportError(f"--batch {args.batch}: expected >= 1")
+        if args.verify_samples < 1:
+            raise ExportError(f"--verify-samples {args.verify_samples}: expected >= 1")
         formats = parse_formats(args.formats)
+        if args.explain_int8 and "tflite-int8" not in formats:
+            raise ExportError("--explain-int8 needs tflite-int8 in --formats")
         g, data, seed, source_name, unavailable, dontcare = load_generator(args)
-        calibration = source = None
-        if "tflite-int8" in formats:
+        calibration = source = check = check_source = reason = None
+        int8 = "tflite-int8" in formats
+        if int8:
             calibration, source, reason = calibration_inputs(g.config, args.calibration_samples, data, seed,
                                                              source_name, unavailable)
             if reason:
                 print(f"notice: int8 calibration on {args.calibration_samples} blocky random label maps, not the "
                       f"training data: {reason}")
+        if data is not None and (not int8 or not reason):
+            n = -(-args.verify_samples // args.batch) * args.batch
+            skip = args.calibration_samples if int8 else 0
+            try:
+                check = check_inputs(g.config, data, seed, skip, n)
+                check_source = f"{source_name}, after the first {skip}" if skip else source_name
+            except (ValueError, OSError) as e:
+                print(f"notice: verification on blocky random label maps, not the training data: {e}")
         report = export(g, args.out, formats, batch=args.batch, force=args.force,
                         calibration=calibration, calibration_source=source, inputs=(args.run, args.weights),
-                        dontcare_class=dontcare)
+                        dontcare_class=dontcare, check=check, check_source=check_source,
+                        explain=args.explain_int8)
     except (ExportError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -131,6 +152,9 @@ def main(argv=None):
               f"saturated {r['saturated_fraction']:5.1%}  {'ok' if r['ok'] else 'FAILED'}")
     if "calibration" in report:
         print(f"int8 calibration: {report['calibration']}")
+    print(f"verified on: {report['verification']}")
+    for r in report.get("int8_layers", []):
+        print(f"  int8 in {r['group']:<12} only ({r['ops']:3d} ops): PSNR {r['psnr_db']:6.1f} dB  rel_l2 {r['rel_l2']:.2e}")
     print(f"wrote {args.out} (report.json)")
     failed = [name for name, r in report["formats"].items() if not r["ok"]]
     if failed:

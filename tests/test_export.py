@@ -4,6 +4,7 @@ input/output contract, atomic writes, --weights + --preset, int8 calibration on 
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -272,7 +273,7 @@ def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
     assert export_main(["--run", run, "--out", str(out), "--formats", "tflite-int8",
                         "--calibration-samples", "5"]) == 0
     stdout = capsys.readouterr().out
-    assert "notice:" not in stdout and "int8 calibration: run data (5 samples)" in stdout
+    assert "notice: int8 calibration" not in stdout and "int8 calibration: run data (5 samples)" in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["calibration"] == "run data (5 samples)"
     assert report["formats"]["model_int8.tflite"]["ok"]
@@ -287,6 +288,55 @@ def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
     for k in names:
         np.testing.assert_array_equal(calib[k], first[k].numpy())
     assert len(np.unique(calib["label"])) > 2  # real label maps, several classes
+    # every format is verified on the 8 samples that follow the calibration samples
+    assert report["verification"] == "run data, after the first 5 (8 samples)"
+    ds = pipeline.make_dataset(source, 13, 32, 32, seed=rcfg.seed, shuffle=True, use_instance=True,
+                               use_dist=True, num_steps=1)
+    stream = next(iter(ds))
+    check = exporter.check_inputs(cfg, rcfg.data, rcfg.seed, 5, 8)
+    for k in names:
+        np.testing.assert_array_equal(check[k], stream[k].numpy()[5:])
+
+
+def test_explain_int8_measures_each_layer_group_alone(tmp_path, capsys):
+    from clade_tf.export import int8
+
+    run, cfg, rcfg = make_synthetic_run(tmp_path, norm="clade", synthetic_length=24)
+    out = tmp_path / "exp"
+    assert export_main(["--run", run, "--out", str(out), "--formats", "tflite-int8", "--calibration-samples", "8",
+                        "--explain-int8"]) == 0
+    stdout = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    rows = report["int8_layers"]
+    g, _ = RunDirectory(run).load_generator()
+    assert sorted(r["group"] for r in rows) == sorted(int8.layer_groups(g))  # every group has ops
+    assert [r["psnr_db"] for r in rows] == sorted(r["psnr_db"] for r in rows)  # worst first
+    full = report["formats"]["model_int8.tflite"]
+    for r in rows:
+        assert r["ops"] > 0 and np.isfinite(r["psnr_db"])
+        # one group in int8 loses less than all of them (1 dB of slack: errors interact)
+        assert r["psnr_db"] > full["psnr_db"] - 1.0, (r, full)
+        assert re.search(rf"int8 in {r['group']} +only", stdout)
+    assert max(r["rel_l2"] for r in rows) > 0.2 * full["rel_l2"]  # the worst group is a real part of it
+    # refused without the int8 format, in one line
+    assert export_main(["--run", run, "--out", str(tmp_path / "e2"), "--formats", "tflite-fp32",
+                        "--explain-int8"]) == 2
+    assert "error: --explain-int8 needs tflite-int8 in --formats" in capsys.readouterr().err
+    assert not (tmp_path / "e2").exists()
+
+
+def test_int8_groups_follow_the_layer_names():
+    from clade_tf.export.int8 import OTHER, group_of
+
+    groups = ["fc", "head_0", "G_middle_0", "up_0", "up_3", "conv_img", OTHER]
+    assert group_of("generator_1/up_3_1/norm_1_1/mul", groups) == "up_3"
+    assert group_of("generator_1/G_middle_0_1/conv_0_1/add;generator_1/G_middle_0_1/conv_0_1/Conv2D", groups) \
+        == "G_middle_0"
+    assert group_of("generator_1/fc_1/add;generator_1/fc_1/Conv2D", groups) == "fc"
+    assert group_of("generator_1/conv_img_1/add", groups) == "conv_img"
+    assert group_of("generator_1/up_0/mul", groups) == "up_0"  # no scope suffix
+    assert group_of("generator_1/ResizeNearestNeighbor_2", groups) == OTHER
+    assert group_of("Identity", groups) == OTHER
 
 
 def write_folder_dataset(root, n=3, classes=6, size=32):
@@ -327,7 +377,6 @@ def test_calibration_falls_back_to_random_labels_when_the_data_is_missing(tmp_pa
 
 
 def test_fp16_and_int8_are_measured_against_fp32_tflite(tmp_path, monkeypatch, capsys):
-    import re
 
     run, _, _ = make_synthetic_run(tmp_path, norm="clade")
     outputs = {}
@@ -349,13 +398,16 @@ def test_fp16_and_int8_are_measured_against_fp32_tflite(tmp_path, monkeypatch, c
     out = tmp_path / "exp"
     assert export_main(["--run", run, "--out", str(out), "--formats", "tflite-fp16,tflite-int8"]) == 1
     stdout, stderr = capsys.readouterr()
-    assert "notice:" not in stdout
+    assert "notice: int8 calibration" not in stdout
+    # 16 samples, all used by the calibration: none are left to verify on, so blocky labels, with a notice
+    assert "notice: verification on blocky random label maps, not the training data: the data has 16" in stdout
     assert "error: model_fp16.tflite, model_int8.tflite failed verification" in stderr
     # the fp32 reference was converted and run, then removed
     assert sorted(outputs) == sorted([exporter.REFERENCE_TFLITE, "model_fp16.tflite", "model_int8.tflite"])
     assert sorted(os.listdir(out)) == ["model_fp16.tflite", "model_int8.tflite", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["calibration"] == "run data (16 samples)"  # all 16 of the run's synthetic data
+    assert report["verification"] == "random blocky labels (2 samples)"
     g, _ = RunDirectory(run).load_generator()
     check = exporter.example_inputs(g.config, 1, seed=1, n_batches=2)
     keras_out = keras_output(g, {k: np.concatenate([d[k] for d in check]) for k in check[0]})
@@ -397,7 +449,7 @@ def test_int8_calibration_with_weights_uses_the_presets_data(tiny_synthetic, tmp
     assert export_main(["--weights", weights, "--preset", "synthetic", "--param-free-norm", "batch",
                         "--out", str(out), "--formats", "tflite-int8", "--calibration-samples", "4"]) == 0
     stdout = capsys.readouterr().out
-    assert "notice:" not in stdout and "int8 calibration: synthetic data (4 samples)" in stdout
+    assert "notice: int8 calibration" not in stdout and "int8 calibration: synthetic data (4 samples)" in stdout
     report = json.loads((out / "report.json").read_text())
     assert report["calibration"] == "synthetic data (4 samples)" and report["formats"]["model_int8.tflite"]["ok"]
     # the first 4 samples of the stream `python -m train --dataset synthetic` trains on
@@ -419,7 +471,7 @@ def test_int8_calibration_with_weights_uses_the_presets_data(tiny_synthetic, tmp
     assert export_main(["--weights", weights, "--preset", "custom", "--label-nc", "6", "--use-instance",
                         "--param-free-norm", "batch", "--calibration-dataroot", str(tmp_path / "data"),
                         "--out", str(out), "--force", "--formats", "tflite-int8"]) == 0
-    assert "notice:" not in capsys.readouterr().out
+    assert "notice: int8 calibration" not in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["calibration"] == "custom data (3 samples)"
     (names, [calib]), = seen
     assert len(calib["label"]) == 3

@@ -56,9 +56,7 @@ def test_folded_generator_equals_original_in_inference(mode, pfn):
     if folded:
         # each CLADE layer: lookup + multiply-add; no normalization ops left
         assert "Rsqrt" not in types and "FusedBatchNormV3" not in types
-    # CLADE's instance-edge channel gets its own conv: one more per norm (clade_tf.inference)
-    split = sum(len(b.norm_layers()) for b in g.blocks) if mode in ("clade", "clade-icpe") else 0
-    assert types.count("Conv2D") == op_types(g).count("Conv2D") + split
+    assert types.count("Conv2D") == op_types(g).count("Conv2D")
     assert "OneHot" not in types  # TFLite's int8 ONE_HOT is wrong: a lookup instead
 
 

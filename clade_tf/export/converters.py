@@ -29,27 +29,40 @@ def serving_function(generator, batch):
     return fn, names
 
 
+def _converter(fn):
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops
+    return conv
+
+
+def int8_converter(fn, names, calibration):
+    """The full-integer int8 converter (float fallback allowed; float inputs and output),
+    calibrated on `calibration` (a list of input dicts), one sample at a time."""
+    conv = _converter(fn)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def representative():
+        for d in calibration:
+            for i in range(len(d["label"])):
+                yield [d[n][i:i + 1] for n in names]
+
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    return conv
+
+
 def tflite_bytes(fn, names, kind, calibration=None):
     """The `.tflite` flatbuffer of `kind` (`tflite-fp32`, `-fp16`, `-int8-dynamic`, `-int8`);
     `calibration` (a list of input dicts) is the int8 representative dataset."""
-    cf = fn.get_concrete_function()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([cf])
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops
+    if kind == "tflite-int8":
+        conv = int8_converter(fn, names, calibration)
+    else:
+        conv = _converter(fn)
     if kind == "tflite-fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
     elif kind == "tflite-int8-dynamic":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif kind == "tflite-int8":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-
-        def representative():
-            for d in calibration:
-                for i in range(len(d["label"])):
-                    yield [d[n][i:i + 1] for n in names]
-
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
         return conv.convert()
     except Exception as e:  # the converter raises several types

@@ -25,6 +25,7 @@ import tensorflow as tf
 from clade_tf.data import sources
 from clade_tf.data.icpe import icpe_distance_map
 from clade_tf.export.converters import ExportError, serving_function, write_format
+from clade_tf.export.int8 import explain_int8
 from clade_tf.export.runtime import FORMATS, FP32_FORMATS, check_formats, load_runner
 from clade_tf.gan import non_finite_weights
 from clade_tf.inference import fold_for_inference
@@ -40,6 +41,7 @@ FP32_TOLERANCE = 1e-4  # relative L2 vs Keras; measured 1e-7 (default run) to 2e
 QUANTIZED_TOLERANCE = {"tflite-fp16": 1e-2, "tflite-int8-dynamic": 0.1, "tflite-int8": 0.3}
 SATURATION = 0.99  # |image| above this counts as a saturated (tanh) output pixel
 CALIBRATION_SAMPLES = 32
+VERIFY_SAMPLES = 8  # of the training data, after the calibration samples
 REFERENCE_TFLITE = ".fp32_reference.tflite"  # scratch fp32 TFLite when `tflite-fp32` is not requested
 
 
@@ -125,8 +127,18 @@ def verify(kind, out, reference, tflite_reference, what):
     return entry
 
 
+def check_inputs(cfg, data, seed, skip, n):
+    """`n` samples of the run's training stream after its first `skip` (the calibration
+    samples): inputs the int8 model was not calibrated on, as one dict of arrays."""
+    inputs = sources.first_samples(data, cfg, seed, skip + n)
+    if len(inputs["label"]) < skip + n:
+        raise ValueError(f"the data has {len(inputs['label'])} samples, fewer than {skip + n}")
+    return {k: v[skip:] for k, v in inputs.items()}
+
+
 def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
-           calibration_source=None, inputs=(), dontcare_class=None):
+           calibration_source=None, inputs=(), dontcare_class=None, check=None, check_source=None,
+           explain=False):
     """Writes the formats into `out_dir` (atomically) and returns the report dict.
 
     `force` replaces an earlier export only, never `inputs` (the run or weights file
@@ -134,11 +146,18 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
 
     `calibration`: int8 representative inputs (list of input dicts; default: 8 blocky
     random label maps) and `calibration_source` its description for the report.
+    `check`: the verification inputs (a dict of arrays, a multiple of `batch` samples;
+    default: 2 batches of blocky random label maps) and `check_source` its description.
     fp32 formats are verified against the Keras model, fp16 / int8 ones measured
     against the fp32 TFLite model and marked `ok: false` over their limit (see the
-    module docstring).
+    module docstring). `explain`: also measure the int8 error of each layer group
+    alone (`clade_tf.export.int8`) into the report's `int8_layers`.
     """
     check_formats(formats)
+    if explain and "tflite-int8" not in formats:
+        raise ExportError("explaining the int8 error needs the tflite-int8 format")
+    if check is not None and len(check["label"]) % batch:
+        raise ExportError(f"{len(check['label'])} verification samples: expected a multiple of the batch {batch}")
     check_output(out_dir, "export", force, inputs)  # before minutes of conversion
     bad = non_finite_weights(generator)
     if bad:
@@ -147,8 +166,11 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
     cfg = generator.config
     folded = fold_for_inference(generator)
     fn, names = serving_function(folded, batch)
-    check = example_inputs(cfg, batch, seed=1, n_batches=2)
-    check = {k: np.concatenate([d[k] for d in check]) for k in check[0]}
+    if check is None:
+        check = example_inputs(cfg, batch, seed=1, n_batches=2)
+        check = {k: np.concatenate([d[k] for d in check]) for k in check[0]}
+        check_source = "random blocky labels"
+    check = {k: np.asarray(check[k]) for k in names}
     reference = generator({k: tf.constant(v) for k, v in check.items()}, training=False).numpy()
     if calibration is None:
         calibration, calibration_source = example_inputs(cfg, 1, seed=2, n_batches=8), "random blocky labels"
@@ -157,7 +179,8 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
     report = {"contract": {"inputs": names, "output": "image", "batch": batch,
                            "height": cfg.image_height, "width": cfg.image_width,
                            "dontcare_class": dontcare_class},
-              "generator": cfg.to_dict(), "formats": {}}
+              "generator": cfg.to_dict(), "formats": {},
+              "verification": f"{check_source or 'given inputs'} ({len(check['label'])} samples)"}
     if "tflite-int8" in formats:
         report["calibration"] = calibration_source or "given inputs"
     with replace_directory(out_dir, "export", force, inputs) as tmp:
@@ -175,6 +198,8 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
                 entries[kind] = entry
             else:
                 os.remove(path)
+            if kind == "tflite-int8" and explain:
+                report["int8_layers"] = explain_int8(folded, fn, names, calibration, check, tflite_out, compare)
         report["formats"] = {FORMATS[k]: entries[k] for k in formats}
         with open(os.path.join(tmp, "report.json"), "w") as f:
             json.dump(report, f, indent=2)
