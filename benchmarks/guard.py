@@ -35,11 +35,13 @@ def _rss_mb(pid):
         return 0.0
 
 
-def run_guarded(code, limit_mb):
-    """Runs `python -c code` in a child, sampling its resident memory every 100 ms and
-    killing it above `limit_mb`. Returns (returncode, stdout, stderr, peak_mb, killed)."""
+def run_guarded(code, limit_mb, cwd=ROOT):
+    """Runs `python -c code` in a child (in `cwd`: another checkout runs its own code),
+    sampling its resident memory every 100 ms and killing it above `limit_mb`.
+    Returns (returncode, stdout, stderr, peak_mb, killed)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, cwd=ROOT, text=True)
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, cwd=cwd, text=True,
+                             env={**os.environ, "PYTHONPATH": cwd})
         peak, killed = 0.0, False
         try:
             while p.poll() is None:
@@ -65,11 +67,11 @@ def _failure(rc, stderr, peak, killed, limit_mb):
     return (lines[-1] if lines else f"exit code {rc}")[:200]
 
 
-def call_guarded(module, func, args, limit_mb):
+def call_guarded(module, func, args, limit_mb, cwd=ROOT):
     """`module.func(*args)` in a guarded child (`run_guarded`); its JSON-able result is
     returned as `(result, None, peak_mb)`, a failure as `(None, one-line reason, peak_mb)`."""
     code = f"import json; from {module} import {func}; print(json.dumps({func}(*{tuple(args)!r})))"
-    rc, out, err, peak, killed = run_guarded(code, limit_mb)
+    rc, out, err, peak, killed = run_guarded(code, limit_mb, cwd)
     if rc != 0 or killed:
         return None, _failure(rc, err, peak, killed, limit_mb), peak
     # the result is the last line: libraries may print to stdout before it
