@@ -82,7 +82,7 @@ def bench_int8(args):
         if args.against:
             worktree = os.path.join(tmp, "against")
             r = subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", worktree, args.against],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
             if r.returncode:
                 raise SystemExit(f"error: --against {args.against}: {r.stderr.strip().splitlines()[-1]}")
             versions[args.against] = worktree
@@ -124,7 +124,8 @@ def bench_int8(args):
                           file=sys.stderr)
     finally:
         if worktree:
-            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", worktree], capture_output=True)
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", worktree], capture_output=True,
+                           check=False)
         shutil.rmtree(tmp, ignore_errors=True)
     base = {}
     for row in rows:

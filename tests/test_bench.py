@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks import guard, latency, ops, profile, train_step, variants
+from benchmarks import guard, int8, latency, ops, profile, train_step, variants
 from clade_tf import Generator, GeneratorConfig
 from clade_tf.export import converters, example_inputs
 from clade_tf.inference import fold_for_inference
@@ -97,7 +97,7 @@ def test_lookup_variants_equal_the_folded_generator(variant, use_instance):
     assert ("MatMul" in ops_) == (variant == "betas")
 
 
-@pytest.mark.parametrize("module", [latency, ops, profile, train_step, variants])
+@pytest.mark.parametrize("module", [int8, latency, ops, profile, train_step, variants])
 def test_every_option_has_a_help_text_and_shows_its_default(module, capsys):
     with pytest.raises(SystemExit):
         module.parse_args(["--help"])
@@ -155,6 +155,31 @@ def test_train_step_reports_each_mode_and_precision(monkeypatch):
     rows = train_step.bench_train(args)["rows"]
     assert [(r["mode"], r["xla"]) for r in rows] == [("clade", False), ("clade", True)]
     assert "ours     clade       float32   xla" in train_step.format_table({**result, "rows": rows})
+
+
+def test_official_step_options_follow_the_run_configuration(tmp_path, capsys):
+    """The official trainer gets the same sizes, classes, widths and inputs as our rows."""
+    from clade_tf.presets import get_preset
+
+    opts = train_step.official_options(get_preset("ade20k").run_config("clade"), 1)
+    given = dict(zip(opts[::2], opts[1::2]))
+    assert (given["--label_nc"], given["--crop_size"], given["--ngf"], given["--ndf"], given["--num_D"],
+            given["--n_layers_D"], given["--norm_mode"]) == ("150", "256", "64", "64", "2", "4", "clade")
+    assert {"--contain_dontcare_label", "--no_instance", "--no_vgg_loss"} <= set(opts)
+    opts = train_step.official_options(get_preset("synthetic").run_config("clade-icpe"), 8)
+    assert "--add_dist" in opts and "--no_instance" not in opts and "--contain_dontcare_label" not in opts
+    assert opts[opts.index("--batchSize") + 1] == "8" and opts[opts.index("--ngf") + 1] == "16"
+    with pytest.raises(ValueError, match="no none"):
+        train_step.official_options(get_preset("synthetic").run_config("none"), 1)
+    for argv, msg in [(["--official", str(tmp_path)], "--official needs --torch-python"),
+                      (["--official", str(tmp_path), "--torch-python", "python"], "expected a copy of"),
+                      (["--preset", "ade20k,nope"], "--preset ade20k,nope: expected some of")]:
+        with pytest.raises(SystemExit):
+            train_step.parse_args(argv)
+        assert msg in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        int8.parse_args(["--run", str(tmp_path)])
+    assert "not a run directory (no config.json)" in capsys.readouterr().err
 
 
 def test_mixed_precision_check_reads_the_layers_not_the_model_policy():
