@@ -16,7 +16,7 @@ Quality: every version's int8 output against its own fp32 TFLite output (the exp
 verification), as relative L2 and PSNR (peak-to-peak 2), all on the same inputs: for
 `--run`, samples of the run's training stream after the calibration samples; for
 `--preset`, blocky random label maps. Latency: each model timed in `--rounds` fresh
-processes, rounds interleaved across versions (`benchmarks.common.time_model`: the
+processes, rounds interleaved across versions in alternating order (`benchmarks.common.time_model`: the
 median of `--repeats` calls after `--warmup`); the median over rounds is reported with
 each version's ratio to the current code.
 """
@@ -110,7 +110,7 @@ def bench_int8(args):
             print(f"[{name}] int8 vs fp32 TFLite: PSNR {psnr:.2f} dB, rel L2 {err:.2e}", file=sys.stderr)
         for rnd in range(args.rounds):
             for fmt in FORMATS:
-                for row in rows:
+                for row in rows if rnd % 2 == 0 else rows[::-1]:  # alternate: the first process of a pair runs slower
                     if "error" in row:
                         continue
                     r, error, _ = call_guarded("benchmarks.common", "time_model",

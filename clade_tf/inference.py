@@ -99,7 +99,7 @@ class InferenceGenerator(Generator):
     def segmap(self, cond):
         # a lookup in an identity table: the same numbers as tf.one_hot (module doc)
         k = self.config.num_classes
-        seg = tf.gather(tf.eye(k, dtype=tf.float32), cond["label"])
+        seg = tf.gather(tf.constant(np.eye(k, dtype=np.float32)), cond["label"])  # tf.eye: MATRIX_DIAG
         if "edge" in cond:
             seg = tf.concat([seg, cond["edge"]], axis=-1)
         return seg
