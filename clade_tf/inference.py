@@ -20,6 +20,14 @@ training=False)` computes, with:
 - the one-hot label map as a lookup in an identity table (GATHER), not ONE_HOT: the
   same numbers, but TFLite's int8 ONE_HOT gets the off value wrong (a 7-class
   one-hot into a 1x1 conv came out up to 2.1 off, of a range of 2.3).
+
+The folded generator is an `InferenceGenerator`: a `Generator` whose blocks are
+`InferenceResnetBlock`s (plain convs; folded norms without a normalization layer),
+so the core layers carry no inference-only switches.
+
+CLADE-ICPE keeps its BatchNorm: the mean term is multiplied by `(1 + conv_g(dist))`
+but the shift by `(1 + conv_b(dist))`, so it does not fold into beta. SPADE keeps
+it too (its gamma is data-dependent). Instance norm has no statistics to fold.
 """
 
 import keras
@@ -135,7 +143,7 @@ def _copy_bn(src, dst):
 def _fold_affine(src, dst, fold):
     """Copies `gamma`, `beta` (a CLADE table or a per-channel affine); `fold`: "tables"
     folds the BatchNorm statistics into them, "conv" leaves them out (the preceding
-    conv normalizes, `_normalize_conv`), None copies them."""
+    conv normalizes, `_fold_into_conv`), None copies them."""
     gamma, beta = src.gamma.numpy().astype(np.float64), src.beta.numpy().astype(np.float64)
     if fold == "tables":
         mean, scale = _bn_stats(src)
