@@ -57,10 +57,11 @@ def random_generator(cfg):
     return g
 
 
-def export_for_bench(preset_name, norm, formats, out_dir, inputs_npz):
-    """Child-process job: the preset's random-weight generator in `norm` mode, exported
-    and verified by `clade_tf.export.export`; writes the timing inputs (batch 1) to
-    `inputs_npz`; returns the generator's params and MACs."""
+def export_for_bench(preset_name, norm, formats, out_dir, inputs_npz, official_weights=None):
+    """Child-process job: the preset's random-weight generator in `norm` mode (or, with
+    `official_weights`, an official generator state dict imported by `clade_tf.convert`),
+    exported and verified by `clade_tf.export.export`; writes the timing inputs (batch 1)
+    to `inputs_npz`; returns the generator's params and MACs."""
     import numpy as np
 
     from clade_tf.export import example_inputs, export
@@ -69,7 +70,17 @@ def export_for_bench(preset_name, norm, formats, out_dir, inputs_npz):
 
     cfg = get_preset(preset_name).generator_config(norm)
     prof = generator_profile(cfg)
-    export(random_generator(cfg), out_dir, list(formats), batch=1)
+    if official_weights:
+        from clade_tf import Generator
+        from clade_tf.convert import load_generator
+        from clade_tf.torch_checkpoint import load_state_dict
+
+        g = Generator(cfg, name="generator")
+        g.build()
+        load_generator(g, load_state_dict(official_weights))
+    else:
+        g = random_generator(cfg)
+    export(g, out_dir, list(formats), batch=1)
     np.savez(inputs_npz, **example_inputs(cfg, 1, seed=3)[0])
     return {"params": prof["params"], "macs": prof["macs"]}
 

@@ -2,7 +2,14 @@ r"""Latency of the exported generator per norm mode and format.
 
     python -m benchmarks.latency --preset ade20k --norm none,clade,clade-icpe,spade \
         --formats tflite-fp32,tflite-int8-dynamic,onnx --threads 2 --rounds 3 --repeats 5 \
-        [--memory-limit-mb MB] [--json] [--plot FILE]
+        [--official DIR --torch-python PYTHON] [--memory-limit-mb MB] [--json] [--plot FILE]
+
+With `--official`, every mode but `none` starts from the official PyTorch generator
+(a local copy of github.com/tzt101/CLADE; `benchmarks.official_export`, run by
+`--torch-python`): its own random initialization and calibrated BatchNorm statistics,
+exported with `torch.onnx` and timed in onnxruntime (`official-onnx` rows), and ours is
+that state dict imported with `clade_tf.convert`, so both compute the same function;
+`x official` is each of our formats' time over the official model's.
 
 For each norm mode, build the generator (random weights, BatchNorm statistics
 calibrated on one batch), export it with `clade_tf.export.export` (verified), and
@@ -25,7 +32,7 @@ import sys
 import tempfile
 
 from benchmarks.common import HelpFormatter, machine, size_bytes, split
-from benchmarks.guard import call_guarded, default_memory_limit_mb, exit_on_sigterm
+from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb, exit_on_sigterm
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -46,8 +53,15 @@ def bench_latency(args):
         #    is released between modes, and an out-of-memory mode fails alone)
         for norm in norms:
             out, npz = os.path.join(tmp, norm), os.path.join(tmp, f"{norm}.npz")
+            weights = None
+            if args.official and norm != "none":  # the official model first: ours gets its weights
+                off = os.path.join(tmp, f"{norm}-official")
+                weights, off_row = official_row(args, norm, npz, off)
+                rows[(norm, OFFICIAL)] = off_row
             info, error, peak = call_guarded("benchmarks.common", "export_for_bench",
-                                             (args.preset, norm, formats, out, npz), limit)
+                                             (args.preset, norm, formats, out, npz, weights), limit)
+            if info and (norm, OFFICIAL) in rows:  # the same network, weights and all
+                rows[(norm, OFFICIAL)].update(params=info["params"], macs=info["macs"])
             print(f"[{norm}] exported (peak {peak:.0f} MB)" if info else
                   f"[{norm}] export failed: {error}", file=sys.stderr)
             for fmt in formats:
@@ -63,9 +77,11 @@ def bench_latency(args):
                 rows[(norm, fmt)] = row
         # 2. time: rounds interleave the modes, so load from other processes hits them alike
         for rnd in range(args.rounds):
-            for fmt in formats:
+            for fmt in formats + ([OFFICIAL] if args.official else []):
                 for norm in norms:
-                    row = rows[(norm, fmt)]
+                    row = rows.get((norm, fmt))
+                    if row is None:  # no official `none`
+                        continue
                     if "error" in row:
                         continue
                     r, error, peak = call_guarded(
@@ -89,12 +105,55 @@ def bench_latency(args):
             row["median_ms"] = statistics.median(row["round_ms"])
         results.append(row)
     base = {r["format"]: r["median_ms"] for r in results if r["norm"] == "none" and r["median_ms"]}
+    official = {r["norm"]: r["median_ms"] for r in results if r["format"] == OFFICIAL and r["median_ms"]}
     for r in results:
         r["ratio_to_none"] = (r["median_ms"] / base[r["format"]]
                               if r["median_ms"] and r["format"] in base else None)
+        if r["norm"] in official and r["median_ms"]:  # < 1: faster than the official model
+            r["ratio_to_official"] = r["median_ms"] / official[r["norm"]]
     return {"preset": args.preset, "threads": args.threads, "repeats": args.repeats,
             "rounds": args.rounds, "memory_limit_mb": round(limit), "machine": machine(),
             "results": results}
+
+
+OFFICIAL = "official-onnx"  # the official PyTorch generator, exported with torch.onnx, in onnxruntime
+
+
+def official_row(args, norm, npz, out):
+    """Exports the official generator (`benchmarks.official_export`, under `--torch-python`)
+    for the timing inputs written to `npz`; returns `(its state dict file or None, its row)`."""
+    import subprocess
+
+    import numpy as np
+
+    from benchmarks.train_step import official_options
+    from clade_tf.export import example_inputs
+    from clade_tf.presets import get_preset
+
+    preset = get_preset(args.preset)
+    row = {"norm": norm, "format": OFFICIAL, "params": None, "macs": None, "size_bytes": None,
+           "median_ms": None, "peak_rss_mb": None, "export_peak_rss_mb": None, "round_ms": []}
+    cfg = preset.run_config(norm)
+    try:
+        if cfg.generator.use_instance:
+            raise ValueError("instance maps are not supported with --official")
+        options = official_options(cfg, 1)
+    except ValueError as e:
+        row["error"] = f"official: {e}"
+        return None, row
+    np.savez(npz, **example_inputs(cfg.generator, 1, seed=3)[0])  # export_for_bench writes the same
+    r = subprocess.run([args.torch_python, "-m", "benchmarks.official_export", "--official", args.official,
+                        "--labels", npz, "--out", out, "--", *options],
+                       cwd=ROOT, capture_output=True, text=True, check=False)
+    if r.returncode:
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        row["error"] = "official export: " + (lines[-1] if lines else f"exit {r.returncode}")[:200]
+        print(f"[{norm}] {row['error']}", file=sys.stderr)
+        return None, row
+    path = os.path.join(out, "official.onnx")
+    row.update(size_bytes=size_bytes(path), path=path, npz=os.path.join(out, "official_inputs.npz"))
+    print(f"[{norm}] official model exported", file=sys.stderr)
+    return os.path.join(out, "net_G.pth"), row
 
 
 def format_table(result):
@@ -103,13 +162,14 @@ def format_table(result):
 
     lines = [f"latency, preset {result['preset']}, {result['threads']} threads, {result['machine']}",
              (f"{'norm':<11} {'format':<20} {'params':>12} {'MACs':>16} {'size MB':>8} {'ms':>9} "
-              f"{'x none':>7} {'peak MB':>8} {'export GB':>9}")]
+              f"{'x none':>7} {'x offic':>7} {'peak MB':>8} {'export GB':>9}")]
     for r in result["results"]:
         ms = fmt(r["median_ms"], ".1f") if r["median_ms"] else "failed"
         size = r["size_bytes"] / 1e6 if r["size_bytes"] is not None else None
         lines.append(f"{r['norm']:<11} {r['format']:<20} {fmt(r['params'], ','):>12} {fmt(r['macs'], ','):>16} "
                      f"{fmt(size, '.1f'):>8} {ms:>9} {fmt(r.get('ratio_to_none'), '.2f'):>7} "
-                     f"{fmt(r.get('peak_rss_mb'), '.0f'):>8} {fmt(r['export_peak_rss_mb'] / 1024, '.1f'):>9}")
+                     f"{fmt(r.get('ratio_to_official'), '.2f'):>7} {fmt(r.get('peak_rss_mb'), '.0f'):>8} "
+                     f"{fmt(r['export_peak_rss_mb'] and r['export_peak_rss_mb'] / 1024, '.1f'):>9}")
     lines += [f"{r['norm']} {r['format']}: {r['error']}" for r in result["results"] if r.get("error")]
     return "\n".join(lines)
 
@@ -170,9 +230,21 @@ def parse_args(argv=None):
                    help="fresh-process timings per model, interleaved across modes; the median is reported")
     p.add_argument("--memory-limit-mb", type=float,
                    help="kill a child (export or timing) above this resident memory (None: 75%% of RAM)")
+    p.add_argument("--official", metavar="DIR",
+                   help="also time the official generator (a local copy of github.com/tzt101/CLADE), "
+                        "exported with torch.onnx, in onnxruntime, on the same weights (ours imported from it)")
+    p.add_argument("--torch-python", metavar="PYTHON",
+                   help="with --official: a Python that has torch, torchvision and onnx")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--plot", metavar="FILE", help="bar chart PNG of latency per mode and format")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.official:
+        if not args.torch_python:
+            p.error("--official needs --torch-python (a Python that has torch, torchvision and onnx)")
+        if not os.path.isfile(os.path.join(args.official, "models", "networks", "generator.py")):
+            p.error(f"--official {args.official}: expected a copy of github.com/tzt101/CLADE "
+                    "(models/networks/generator.py not found)")
+    return args
 
 
 def main(argv=None):

@@ -180,6 +180,11 @@ def test_official_step_options_follow_the_run_configuration(tmp_path, capsys):
     with pytest.raises(SystemExit):
         int8.parse_args(["--run", str(tmp_path)])
     assert "not a run directory (no config.json)" in capsys.readouterr().err
+    for argv, msg in [(["--official", str(tmp_path)], "--official needs --torch-python"),
+                      (["--official", str(tmp_path), "--torch-python", "python"], "expected a copy of")]:
+        with pytest.raises(SystemExit):
+            latency.parse_args(argv)
+        assert msg in capsys.readouterr().err
 
 
 def test_mixed_precision_check_reads_the_layers_not_the_model_policy():
