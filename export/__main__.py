@@ -1,7 +1,8 @@
 """`python -m export`: export a trained (or imported) generator to edge formats, verified.
 
     python -m export --run runs/synthetic-clade --out exports/synthetic-clade \\
-        [--formats saved_model,tflite-fp32,tflite-fp16,tflite-int8-dynamic,tflite-int8,onnx] [--batch 1]
+        [--formats saved_model,tflite-fp32,tflite-fp16,tflite-int8-dynamic,tflite-int8,onnx] [--batch 1] \\
+        [--calibration-samples 32] [--verify-samples 8] [--explain-int8]
     python -m export --weights G.weights.h5 --preset synthetic [--norm clade] \\
         [--param-free-norm syncbatch] [--use-vae] --out exports/mine
 
@@ -10,7 +11,10 @@ checkpoint) or from a Keras weights file and the preset it was trained with
 (`--weights` + `--preset`: the architecture `python -m train --dataset PRESET
 --norm ...` builds). Full-integer int8 is calibrated on the training data (the
 run's dataset; with --weights the preset's: synthetic needs no files, others
---calibration-dataroot), else on blocky random label maps, with a notice.
+--calibration-dataroot), else on blocky random label maps, with a notice. Every
+format is verified on the samples of that data that follow the calibration samples
+(or on blocky random label maps). --explain-int8 also measures the int8 error of each
+layer group alone (report.json's int8_layers).
 """
 
 import argparse
