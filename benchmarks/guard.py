@@ -60,7 +60,8 @@ def run_guarded(code, limit_mb, cwd=ROOT):
         return p.returncode, out.read(), err.read(), peak, killed
 
 
-def _failure(rc, stderr, peak, killed, limit_mb):
+def failure_line(rc, stderr, peak, killed, limit_mb):
+    """One line saying why a guarded child failed (`run_guarded`'s results)."""
     if killed:
         return f"killed: resident memory above {limit_mb:.0f} MB; peak seen {peak:.0f} MB"
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
@@ -73,7 +74,7 @@ def call_guarded(module, func, args, limit_mb, cwd=ROOT):
     code = f"import json; from {module} import {func}; print(json.dumps({func}(*{tuple(args)!r})))"
     rc, out, err, peak, killed = run_guarded(code, limit_mb, cwd)
     if rc != 0 or killed:
-        return None, _failure(rc, err, peak, killed, limit_mb), peak
+        return None, failure_line(rc, err, peak, killed, limit_mb), peak
     # the result is the last line: libraries may print to stdout before it
     return json.loads(out.strip().splitlines()[-1]), None, peak
 

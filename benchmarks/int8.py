@@ -31,7 +31,7 @@ import sys
 import tempfile
 
 from benchmarks.common import HelpFormatter, machine
-from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb, exit_on_sigterm, run_guarded
+from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb, exit_on_sigterm, failure_line, run_guarded
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -95,17 +95,16 @@ def bench_int8(args):
             rc, _, stderr, peak, killed = run_guarded(export_code(args, out, out + ".npz"), limit, cwd=tree)
             row = {"version": name, "export_peak_rss_mb": peak}
             if killed or not os.path.isfile(os.path.join(out, FILES["tflite-int8"])):
-                lines = [s for s in stderr.strip().splitlines() if s.strip()]
-                row["error"] = "export: " + (f"killed above {limit:.0f} MB" if killed else
-                                             (lines[-1] if lines else f"exit code {rc}"))[:200]
+                row["error"] = "export: " + failure_line(rc, stderr, peak, killed, limit)
                 rows.append(row)
                 print(f"[{name}] {row['error']}", file=sys.stderr)
                 continue
             paths = {k: os.path.join(out, FILES[k]) for k in FORMATS}
             ref = load_runner(paths["tflite-fp32"])(x)
-            err, psnr = compare(load_runner(paths["tflite-int8"])(x), ref)
-            row.update(paths=paths, rel_l2=err, psnr_db=psnr, max_abs_255=float(np.abs(
-                load_runner(paths["tflite-int8"])(x) - ref).max() * 127.5), round_ms={k: [] for k in FORMATS})
+            out8 = load_runner(paths["tflite-int8"])(x)
+            err, psnr = compare(out8, ref)
+            row.update(paths=paths, rel_l2=err, psnr_db=psnr, max_abs_255=float(np.abs(out8 - ref).max() * 127.5),
+                       round_ms={k: [] for k in FORMATS})
             rows.append(row)
             print(f"[{name}] int8 vs fp32 TFLite: PSNR {psnr:.2f} dB, rel L2 {err:.2e}", file=sys.stderr)
         for rnd in range(args.rounds):

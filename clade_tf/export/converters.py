@@ -7,6 +7,7 @@ through tf2onnx, with `lean_tf2onnx` bounding its memory on full-size models.
 import contextlib
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from clade_tf.export.runtime import FORMATS
@@ -35,18 +36,20 @@ def _converter(fn):
     return conv
 
 
+def representative_samples(calibration, names):
+    """The int8 representative dataset: each sample of `calibration` (a list of input
+    dicts) as a list of batch-1 arrays in the order of `names`."""
+    for d in calibration:
+        for i in range(len(d["label"])):
+            yield [np.asarray(d[n][i:i + 1]) for n in names]
+
+
 def int8_converter(fn, names, calibration):
     """The full-integer int8 converter (float fallback allowed; float inputs and output),
     calibrated on `calibration` (a list of input dicts), one sample at a time."""
     conv = _converter(fn)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-
-    def representative():
-        for d in calibration:
-            for i in range(len(d["label"])):
-                yield [d[n][i:i + 1] for n in names]
-
-    conv.representative_dataset = representative
+    conv.representative_dataset = lambda: representative_samples(calibration, names)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     return conv
 

@@ -17,7 +17,6 @@ import re
 import tempfile
 import warnings
 
-import numpy as np
 import tensorflow as tf
 
 from clade_tf.export.runtime import load_runner
@@ -61,14 +60,14 @@ def explain_int8(generator, fn, names, calibration, check, reference, compare):
     `calibration`: the export's int8 representative inputs (list of input dicts);
     `compare`: `(out, ref) -> (rel_l2, psnr_db)`.
     """
-    from clade_tf.export.converters import int8_converter
+    from clade_tf.export.converters import int8_converter, representative_samples
 
     groups = layer_groups(generator)
     with warnings.catch_warnings():  # the debugger's own interpreter is TF's deprecated one
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=int8_converter(fn, names, calibration),
-            debug_dataset=lambda: _samples(calibration, names))
+            debug_dataset=lambda: representative_samples(calibration, names))
         ops = _quantized_op_outputs(debugger.calibrated_model)
         members = {g: [t for t in ops if group_of(t, groups) == g] for g in groups}
         rows = []
@@ -86,8 +85,3 @@ def explain_int8(generator, fn, names, calibration, check, reference, compare):
                 rows.append({"group": g, "ops": len(keep), "rel_l2": err, "psnr_db": psnr})
     return sorted(rows, key=lambda r: r["psnr_db"])
 
-
-def _samples(calibration, names):
-    for d in calibration:
-        for i in range(len(d["label"])):
-            yield [np.asarray(d[n][i:i + 1]) for n in names]
