@@ -1,7 +1,7 @@
 r"""Lookup variants tried for the exported CLADE layer (the record is benchmarks/BENCHMARKS.md).
 
     python -m benchmarks.variants --preset ade20k --variants base,fused,shared,betas \
-        --formats tflite-fp32,onnx --threads 2 --rounds 5 [--json]
+        --formats tflite-fp32,onnx --threads 2 --rounds 5 [--profile] [--json]
 
 Builds the random-weight CLADE generator of the preset (BatchNorm calibrated, as
 `benchmarks.latency`) and the `none` backbone, folds them for inference, and for each
@@ -11,13 +11,25 @@ converts TFLite fp32 and ONNX, checks them against the Keras model (relative L2
 processes, rounds interleaved across variants, with the ratio to `none`:
 
 - `base`: what `python -m export` ships: per layer two `tf.gather`s (gamma, beta
-  tables `[K, C]`) on the label map at the layer's resolution, one multiply, one add.
+  tables `[K, C]`) on the label map at the layer's resolution (in TFLite made to run
+  after the layer's input), one multiply, one add.
 - `fused`: one `[K, 2C]` table per layer, one gather, split into gamma and beta.
 - `shared`: one gather per resolution of all tables of the layers at that
   resolution (`[K, sum 2C]`), split per layer.
 - `betas`: in blocks with a learned shortcut, beta of `norm_s` pushed through the
   1x1 `conv_s` (no activation between them): `conv_s(x * gamma_s[l]) + (beta_s W_s)[l]`,
   which gathers `fout` instead of `fin` channels for that term.
+- `nchwc` (onnx only): each gathered gamma[label] and beta[label] goes through an
+  identity 1x1 depthwise conv. onnxruntime's NCHWc transformer keeps a Mul/Add in
+  its blocked layout only when both operands come from NCHWc ops (convs); this makes
+  them so, so that the multiply-add, the LeakyReLU and the next conv stay blocked
+  (no ReorderOutput/ReorderInput around the modulation), at the price of one
+  reorder and one depthwise pass per gathered tensor.
+- `hoisted` (tflite only): the lookups without their dependency on the layer's input
+  (`clade_tf.inference`; what the TFLite export shipped before, and what the ONNX
+  export still ships). TFLite then runs every op XNNPACK does not take (the GATHERs)
+  as early as their inputs allow: all lookups before the first conv, their outputs
+  alive at once.
 
 The variants are swapped in by overriding methods on the folded model's layers only
 while tracing; nothing here changes the library.
@@ -36,12 +48,15 @@ from benchmarks.guard import call_guarded, default_memory_limit_mb, exit_on_sigt
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-VARIANTS = ("base", "fused", "shared", "betas")
+VARIANTS = ("base", "fused", "shared", "betas", "nchwc", "hoisted")
+# an identity conv is pure cost in TFLite; onnx is never ordered (`hoisted` = `base`)
+ONLY_IN = {"nchwc": "onnx", "hoisted": "tflite-fp32"}
 VARIANT_FORMATS = ("tflite-fp32", "onnx")
 
 
-def _trace(folded, variant):
-    """A serving function of `folded` with the CLADE lookup computed as `variant`."""
+def _trace(folded, variant, for_tflite=True):
+    """A serving function of `folded` with the CLADE lookup computed as `variant`, for
+    TFLite (lookups ordered after their layer's input, as exported) or not."""
     import types
 
     import tensorflow as tf
@@ -98,11 +113,23 @@ def _trace(folded, variant):
                 return x_s + dx
 
             blk.call = types.MethodType(call, blk)
-    elif variant != "base":
+    elif variant == "nchwc":
+        def modulation(self, label, dist=None, dtype="float32"):
+            ones = tf.ones([1, 1, int(self.gamma.shape[1]), 1])
+            ident = lambda t: tf.nn.depthwise_conv2d(t, ones, [1, 1, 1, 1], "VALID")  # noqa: E731
+            return ident(tf.gather(self.gamma, label)), ident(tf.gather(self.beta, label))
+
+        for n in norms:
+            n.modulation = types.MethodType(modulation, n)
+    elif variant not in ("base", "hoisted"):
         raise ValueError(f"unknown variant {variant!r}; expected some of {', '.join(VARIANTS)}")
-    fn, names = serving_function(folded, 1)
-    fn.get_concrete_function()  # trace now, while the overrides are in place
-    return fn, names
+    # traced now, while the overrides are in place
+    return serving_function(folded, 1, for_tflite=for_tflite and variant != "hoisted")
+
+
+def variant_formats(variant, formats):
+    """The formats `variant` is built and timed in."""
+    return [f for f in formats if ONLY_IN.get(variant, f) == f]
 
 
 def build_variant(preset_name, variant, formats, out_dir):
@@ -126,17 +153,60 @@ def build_variant(preset_name, variant, formats, out_dir):
     g = random_generator(cfg)
     inputs = example_inputs(cfg, 1, seed=3)[0]
     reference = g({k: tf.constant(v) for k, v in inputs.items()}, training=False).numpy()
-    fn, names = _trace(fold_for_inference(g), "base" if variant == "none" else variant)
+    folded = fold_for_inference(g)
     os.makedirs(out_dir, exist_ok=True)
     np.savez(os.path.join(out_dir, "inputs.npz"), **inputs)
     errors = {}
-    for fmt in formats:
+    for fmt in variant_formats(variant, formats):
         path = os.path.join(out_dir, FORMATS[fmt])
-        write_format(fmt, path, fn, names)
+        write_format(fmt, path, *_trace(folded, "base" if variant == "none" else variant, fmt != "onnx"))
         errors[fmt] = compare(load_runner(path)(inputs), reference)[0]
         if errors[fmt] > FP32_TOLERANCE:
             raise SystemExit(f"{variant} {fmt}: relative L2 {errors[fmt]:.2e} vs Keras")
     return errors
+
+
+def profile_variants(result, tmp, args, limit):
+    """Adds each model's per-op profile (`benchmarks.ops`: onnxruntime's profiler, perf
+    samples for TFLite) under `profile`, after the timed rounds."""
+    from benchmarks.ops import tflite_op_profile
+    from clade_tf.export import FORMATS
+
+    for v, per_format in result["variants"].items():
+        npz = os.path.join(tmp, v, "inputs.npz")
+        for fmt, r in per_format.items():
+            path = os.path.join(tmp, v, FORMATS[fmt])
+            if fmt == "onnx":
+                prof, error, _ = call_guarded("benchmarks.ops", "ort_op_profile",
+                                              (path, npz, args.threads, args.repeats, args.warmup), limit)
+                r["profile"] = prof or {"error": error}
+            else:
+                r["profile"] = tflite_op_profile(path, npz, args.threads, args.repeats, args.warmup)
+        print(f"[{v}] profiled", file=sys.stderr)
+
+
+def format_profiles(result):
+    """Per format, one column per variant: onnxruntime kernel ms per run, TFLite % of CPU."""
+    lines = []
+    for fmt in result["formats"]:
+        cols = {v: r[fmt]["profile"] for v, r in result["variants"].items()
+                if fmt in r and "profile" in r[fmt]}
+        if not cols:
+            continue
+        unit = "kernel ms per run" if fmt == "onnx" else "% of CPU time"
+        lines.append(f"  per-op profile, {fmt} ({unit})")
+        lines += [f"    {v}: {p['error']}" for v, p in cols.items() if "error" in p]
+        ok = {v: (p["ops"] if fmt == "onnx" else p["cpu_share_pct"]) for v, p in cols.items() if "error" not in p}
+        if not ok:
+            continue
+        value = {v: {o: (x["ms"] if isinstance(x, dict) else x) for o, x in ops.items()} for v, ops in ok.items()}
+        lines.append(f"    {'op':<32}" + "".join(f"{v:>10}" for v in ok))
+        for o in sorted({o for ops in value.values() for o in ops}, key=lambda o: -max(
+                ops.get(o, 0.0) for ops in value.values())):
+            vals = [value[v].get(o, 0.0) for v in ok]
+            if max(vals) >= 0.05:
+                lines.append(f"    {o:<32}" + "".join(f"{x:>10.2f}" for x in vals))
+    return lines
 
 
 def parse_args(argv=None):
@@ -157,6 +227,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per process before the timed ones")
     p.add_argument("--memory-limit-mb", type=float,
                    help="kill a child (build or timing) above this resident memory (None: 75%% of RAM)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed rounds, profile every model per op (as `benchmarks.ops`)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     bad = [v for v in split(args.variants) if v not in VARIANTS + ("none",)]
@@ -177,7 +249,8 @@ def main(argv=None):
     formats = split(args.formats)
     limit = args.memory_limit_mb or default_memory_limit_mb()
     tmp = tempfile.mkdtemp(prefix="clade-variants-")
-    result = {"preset": args.preset, "threads": args.threads, "rounds": args.rounds, "variants": {}}
+    result = {"preset": args.preset, "threads": args.threads, "rounds": args.rounds, "formats": formats,
+              "variants": {}}
     try:
         for v in variants:
             out = os.path.join(tmp, v)
@@ -189,7 +262,7 @@ def main(argv=None):
             print(f"[{v}] built", file=sys.stderr)
         for _ in range(args.rounds):
             for fmt in formats:
-                for v in variants:
+                for v in (v for v in variants if fmt in result["variants"][v]):
                     path = os.path.join(tmp, v, FORMATS[fmt])
                     npz = os.path.join(tmp, v, "inputs.npz")
                     r, error, _ = call_guarded("benchmarks.common", "time_model",
@@ -197,11 +270,13 @@ def main(argv=None):
                     if error:
                         raise SystemExit(f"error: timing {v} {fmt}: {error}")
                     result["variants"][v][fmt]["round_ms"].append(r["median_ms"])
+        if args.profile:
+            profile_variants(result, tmp, args, limit)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for fmt in formats:
         base = statistics.median(result["variants"]["none"][fmt]["round_ms"])
-        for v in variants:
+        for v in (v for v in variants if fmt in result["variants"][v]):
             r = result["variants"][v][fmt]
             r["median_ms"] = statistics.median(r["round_ms"])
             r["ratio_to_none"] = r["median_ms"] / base
@@ -211,10 +286,12 @@ def main(argv=None):
         print(f"CLADE lookup variants, preset {args.preset}, {args.threads} threads, "
               f"median of {args.rounds} interleaved rounds")
         for fmt in formats:
-            for v in variants:
+            for v in (v for v in variants if fmt in result["variants"][v]):
                 r = result["variants"][v][fmt]
                 print(f"  {fmt:<12} {v:<7} {r['median_ms']:8.1f} ms  x{r['ratio_to_none']:.3f}  "
                       f"rel_l2 {r['rel_l2']:.1e}  rounds {' '.join(f'{x:.0f}' for x in r['round_ms'])}")
+        for line in format_profiles(result):
+            print(line)
     return 0
 
 

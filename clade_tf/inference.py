@@ -16,6 +16,13 @@ training=False)` computes, with:
   quantization needs (folded into the tables instead, channels with a small `s`
   were quantized to a few levels and then multiplied by a large `gamma/s`: the
   full-integer model's largest error);
+- for TFLite (`order_lookups`), each CLADE lookup (and CLADE-ICPE's positional convs)
+  made to depend on its layer's input (the label map plus an int 0 computed from one
+  element of x: `x > inf` is false for every x, inf and NaN included). The same
+  numbers; but TFLite runs the ops XNNPACK does not take (the GATHERs) as early as
+  their inputs allow, so without it all lookups of the model ran before the first
+  conv, with every gathered tensor alive at once. With it each lookup runs just before
+  its layer (ADE20K fp32: runtime peak 964 -> 815 MB, same speed);
 - no label-range assertion (exported graphs take it as a contract);
 - the one-hot label map as a lookup in an identity table (GATHER), not ONE_HOT: the
   same numbers, but TFLite's int8 ONE_HOT gets the off value wrong (a 7-class
@@ -55,8 +62,29 @@ class Unnormalized(keras.layers.Layer):
         return input_shape
 
 
+def after(t, x):
+    """`t`, computed after `x`: plus a 0 that depends on one element of `x`."""
+    return t + tf.cast(tf.greater(x[0, 0, 0, 0], np.inf), t.dtype)  # false for inf and NaN too
+
+
 @keras.saving.register_keras_serializable(package="clade_tf")
-class FoldedClassAdaptiveNorm(ClassAdaptiveNorm):
+class InferenceClassAdaptiveNorm(ClassAdaptiveNorm):
+    """CLADE whose lookup runs after its input is computed, when `after_input` (set by
+    `InferenceGenerator.order_lookups`; see module doc)."""
+
+    after_input = True
+
+    def modulate(self, x, cond, training=None):
+        if not self.after_input:
+            return super().modulate(x, cond, training=training)
+        cond = dict(cond, label=after(cond["label"], x))
+        if self.use_icpe:  # its positional convs too: full-size outputs, like the lookups
+            cond["dist"] = after(cond["dist"], x)
+        return super().modulate(x, cond, training=training)
+
+
+@keras.saving.register_keras_serializable(package="clade_tf")
+class FoldedClassAdaptiveNorm(InferenceClassAdaptiveNorm):
     """CLADE with its BatchNorm folded into the tables: `x * gamma[label] + beta[label]`."""
 
     def make_param_free_norm(self, kind):
@@ -82,6 +110,11 @@ class InferenceResnetBlock(ResnetBlock):
 
     def make_norm(self, name):
         if not folds_batch_norm(self.norm_mode, self.param_free_norm):
+            if self.norm_mode in ("clade", "clade-icpe"):
+                return InferenceClassAdaptiveNorm(
+                    self.num_classes, self.param_free_norm, use_instance_edge=self.use_instance_edge,
+                    use_icpe=self.norm_mode == "clade-icpe", dtype=self.dtype_policy, name=name,
+                )
             return super().make_norm(name)
         if self.norm_mode == "clade":
             return FoldedClassAdaptiveNorm(
@@ -99,6 +132,14 @@ class InferenceGenerator(Generator):
     def __init__(self, config, **kwargs):
         kwargs["check_labels"] = False
         super().__init__(config, **kwargs)
+
+    def order_lookups(self, after_input):
+        """Whether each CLADE lookup waits for its layer's input (read when traced). TFLite
+        wants it (module doc); onnxruntime schedules by itself, and there the extra ops
+        cost a little memory and time (`benchmarks/BENCHMARKS.md`, attempt 7)."""
+        for layer in self._flatten_layers():
+            if isinstance(layer, InferenceClassAdaptiveNorm):
+                layer.after_input = after_input
 
     @property
     def folds_batch_norm(self):

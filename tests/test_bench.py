@@ -95,6 +95,31 @@ def test_lookup_variants_equal_the_folded_generator(variant, use_instance):
     ops_ = {op.type for op in fn.get_concrete_function().graph.get_operations()}
     assert ("Split" in ops_ or "SplitV" in ops_) == (variant in ("fused", "shared"))
     assert ("MatMul" in ops_) == (variant == "betas")
+    assert ("DepthwiseConv2dNative" in ops_) == (variant == "nchwc")
+    # each lookup waits for its layer's input, except in `hoisted` (`shared` looks up apart)
+    if variant != "shared":
+        assert ("Greater" in ops_) == (variant != "hoisted")
+
+
+def test_single_format_variants_are_built_and_timed_in_that_format_only():
+    assert variants.variant_formats("nchwc", ["tflite-fp32", "onnx"]) == ["onnx"]
+    assert variants.variant_formats("nchwc", ["tflite-fp32"]) == []
+    assert variants.variant_formats("hoisted", ["tflite-fp32", "onnx"]) == ["tflite-fp32"]
+    assert variants.variant_formats("base", ["tflite-fp32", "onnx"]) == ["tflite-fp32", "onnx"]
+
+
+def test_variant_profiles_are_tabulated_per_format_with_errors_named():
+    result = {"formats": ["tflite-fp32", "onnx"], "variants": {
+        "none": {"onnx": {"profile": {"median_ms": 9.0, "ops": {"Conv": {"ms": 8.0, "nodes": 3}}}},
+                 "tflite-fp32": {"profile": {"error": "perf is not installed; no TFLite per-op profile"}}},
+        "nchwc": {"onnx": {"profile": {"median_ms": 11.0, "ops": {"Conv": {"ms": 9.5, "nodes": 5},
+                                                                  "ReorderInput": {"ms": 1.25, "nodes": 2}}}}},
+    }}
+    lines = variants.format_profiles(result)
+    assert any("none: perf is not installed" in line for line in lines)
+    conv = next(line for line in lines if line.split()[0] == "Conv")
+    reorder = next(line for line in lines if line.split()[0] == "ReorderInput")
+    assert conv.split()[1:] == ["8.00", "9.50"] and reorder.split()[1:] == ["0.00", "1.25"]
 
 
 @pytest.mark.parametrize("module", [int8, latency, ops, profile, train_step, variants])

@@ -84,3 +84,28 @@ def test_calibrate_batch_norm_sets_one_batch_statistics_and_keeps_momentum():
     np.testing.assert_allclose(bn.moving_mean.numpy(), m, atol=1e-5 * max(1.0, np.abs(m).max()))
     out = g({"label": tf.constant(x["label"])}, training=False).numpy()
     assert np.isfinite(out).all() and np.abs(out).max() < 1.0  # normalized, not saturated
+
+
+@pytest.mark.parametrize("mode", ["clade", "clade-icpe"])
+def test_each_tflite_lookup_runs_just_before_its_layer(mode, tmp_path):
+    """TFLite runs the ops XNNPACK does not take as early as their inputs allow: a lookup
+    that depends only on the label map ran before the first conv, all of them alive at
+    once. Folded, each lookup waits for its layer's input (the numbers are unchanged:
+    `test_folded_generator_equals_original_in_inference`)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from clade_tf.export import serving_function, write_format
+
+    cfg = GeneratorConfig(num_classes=5, image_height=32, image_width=32, ngf=4, norm_mode=mode,
+                          param_free_norm="batch")
+    f = fold_for_inference(Generator(cfg))
+    path = str(tmp_path / "g.tflite")
+    before_first_conv = {}
+    for for_tflite in (True, False):
+        write_format("tflite-fp32", path, *serving_function(f, 1, for_tflite=for_tflite))
+        ops = [o["op_name"] for o in Interpreter(path)._get_ops_details()]
+        before_first_conv[for_tflite] = ops[:ops.index("CONV_2D")].count("GATHER")
+    assert before_first_conv[True] == 1  # the one-hot lookup that feeds it
+    # not ordered (what the ONNX export gets): the lookups (CLADE) or the positional
+    # convs (CLADE-ICPE) come first
+    assert (before_first_conv[False] > 1) if mode == "clade" else (before_first_conv[False] == 0)

@@ -17,8 +17,11 @@ class ExportError(Exception):
     """An export that cannot be produced or does not verify."""
 
 
-def serving_function(generator, batch):
-    """`(tf.function with a static input signature, input names in contract order)`."""
+def serving_function(generator, batch, for_tflite=None):
+    """`(tf.function with a static input signature, input names in contract order)`.
+
+    `for_tflite` (an `InferenceGenerator`): traced now, with each CLADE lookup ordered
+    after its layer's input when True (`InferenceGenerator.order_lookups`)."""
     spec = generator.input_signature(batch)
     names = list(spec)
 
@@ -27,6 +30,9 @@ def serving_function(generator, batch):
         return {"image": generator(inputs, training=False)}
 
     fn = tf.function(serve, input_signature=[spec[n] for n in names])
+    if for_tflite is not None:
+        generator.order_lookups(for_tflite)
+        fn.get_concrete_function()  # the switch is read while tracing
     return fn, names
 
 

@@ -168,7 +168,10 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
                           "training diverged; export an earlier checkpoint")
     cfg = generator.config
     folded = fold_for_inference(generator)
-    fn, names = serving_function(folded, batch)
+    # one trace for TFLite (lookups ordered after their layer's input), one for the rest
+    fns = {tfl: serving_function(folded, batch, for_tflite=tfl)[0]
+           for tfl in {k.startswith("tflite") for k in conversion_order(formats)}}
+    names = list(generator.input_signature(batch))
     if check is None:
         check = example_inputs(cfg, batch, seed=1, n_batches=2)
         check = {k: np.concatenate([d[k] for d in check]) for k in check[0]}
@@ -191,6 +194,7 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
         for kind in conversion_order(formats):
             name = FORMATS[kind] if kind in formats else REFERENCE_TFLITE
             path = os.path.join(tmp, name)
+            fn = fns[kind.startswith("tflite")]
             write_format(kind, path, fn, names, folded.weights, calibration)
             out = load_runner(path)(check)
             what = name if kind in formats else "fp32 TFLite reference of the fp16/int8 formats"
