@@ -41,7 +41,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from clade_tf.layers.normalization import AffineNorm, ClassAdaptiveNorm, SpatiallyAdaptiveNorm
+from clade_tf.layers.normalization import (
+    AffineNorm,
+    ClassAdaptiveNorm,
+    SpatiallyAdaptiveNorm,
+)
 from clade_tf.layers.resblock import ResnetBlock
 from clade_tf.networks.generator import Generator
 
