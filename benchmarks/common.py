@@ -121,3 +121,30 @@ def time_model(path, inputs_npz, threads, repeats, warmup):
         runner(data)
     median = median_ms(lambda: runner(data), repeats)
     return {"median_ms": median, "peak_rss_mb": peak_rss_mb()}
+
+
+def time_pair(paths, npzs, threads, pairs, warmup):
+    """Child-process job: two models in one process, called in alternating order (AB, BA,
+    ...) `pairs` times; the per-pair ratios B / A cancel the machine's drift, which
+    fresh-process rounds do not. Returns their median and quartiles and each model's
+    median ms."""
+    import statistics
+
+    import numpy as np
+
+    data = [dict(np.load(n)) for n in npzs]
+    runners = [load_runner(p, threads=threads) for p in paths]
+    for _ in range(warmup):
+        for r, d in zip(runners, data):
+            r(d)
+    ms = ([], [])
+    for i in range(pairs):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t = time.perf_counter()
+            runners[k](data[k])
+            ms[k].append((time.perf_counter() - t) * 1000)
+    ratios = [b / a for a, b in zip(*ms)]
+    q = statistics.quantiles(ratios, n=4) if pairs > 1 else [ratios[0]] * 3
+    return {"ratio": q[1], "quartiles": [q[0], q[2]], "pairs": pairs,
+            "median_ms": [statistics.median(m) for m in ms]}
+

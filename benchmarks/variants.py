@@ -1,7 +1,7 @@
 r"""Lookup variants tried for the exported CLADE layer (the record is benchmarks/BENCHMARKS.md).
 
     python -m benchmarks.variants --preset ade20k --variants base,fused,shared,betas \
-        --formats tflite-fp32,onnx --threads 2 --rounds 5 [--profile] [--json]
+        --formats tflite-fp32,onnx --threads 2 --rounds 5 [--pairs N] [--profile] [--json]
 
 Builds the random-weight CLADE generator of the preset (BatchNorm calibrated, as
 `benchmarks.latency`) and the `none` backbone, folds them for inference, and for each
@@ -30,6 +30,11 @@ processes, rounds interleaved across variants, with the ratio to `none`:
   export still ships). TFLite then runs every op XNNPACK does not take (the GATHERs)
   as early as their inputs allow: all lookups before the first conv, their outputs
   alive at once.
+
+`--pairs N` also times each variant against `base` in one process, alternating the
+order, N pairs: the median per-pair ratio cancels the machine's drift, which the
+fresh-process rounds (±10-20 % on a shared box) do not. `--profile` adds each
+model's per-op profile (as `benchmarks.ops`).
 
 The variants are swapped in by overriding methods on the folded model's layers only
 while tracing; nothing here changes the library.
@@ -166,6 +171,26 @@ def build_variant(preset_name, variant, formats, out_dir):
     return errors
 
 
+def pair_variants(result, tmp, args, limit):
+    """Adds `paired_to_base`: each variant against `base` in one process, alternating
+    (`benchmarks.common.time_pair`); `hoisted` and `nchwc` have no `base` of their format
+    in the other runtime, so each pairs with the `base` of its own format."""
+    from clade_tf.export import FORMATS
+
+    for v, per_format in result["variants"].items():
+        if v == "base":
+            continue
+        for fmt, r in per_format.items():
+            if fmt not in result["variants"].get("base", {}):
+                continue
+            paths = [os.path.join(tmp, w, FORMATS[fmt]) for w in ("base", v)]
+            npzs = [os.path.join(tmp, w, "inputs.npz") for w in ("base", v)]
+            pair, error, _ = call_guarded("benchmarks.common", "time_pair",
+                                          (paths, npzs, args.threads, args.pairs, args.warmup), limit)
+            r["paired_to_base"] = pair or {"error": error}
+        print(f"[{v}] paired with base", file=sys.stderr)
+
+
 def profile_variants(result, tmp, args, limit):
     """Adds each model's per-op profile (`benchmarks.ops`: onnxruntime's profiler, perf
     samples for TFLite) under `profile`, after the timed rounds."""
@@ -183,6 +208,20 @@ def profile_variants(result, tmp, args, limit):
             else:
                 r["profile"] = tflite_op_profile(path, npz, args.threads, args.repeats, args.warmup)
         print(f"[{v}] profiled", file=sys.stderr)
+
+
+def format_pairs(result):
+    lines = []
+    for v, per_format in result["variants"].items():
+        for fmt, r in per_format.items():
+            p = r.get("paired_to_base")
+            if p is None:
+                continue
+            lines.append(f"  {fmt:<12} {v:<7} / base in one process: " + (
+                p["error"] if "error" in p else
+                f"x{p['ratio']:.3f} (quartiles {p['quartiles'][0]:.3f}-{p['quartiles'][1]:.3f}, "
+                f"{p['pairs']} pairs)"))
+    return lines
 
 
 def format_profiles(result):
@@ -227,6 +266,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per process before the timed ones")
     p.add_argument("--memory-limit-mb", type=float,
                    help="kill a child (build or timing) above this resident memory (None: 75%% of RAM)")
+    p.add_argument("--pairs", type=int, default=0,
+                   help="after the rounds, time each variant against `base` in one process, this many "
+                        "alternating pairs (0: no pairing)")
     p.add_argument("--profile", action="store_true",
                    help="after the timed rounds, profile every model per op (as `benchmarks.ops`)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -270,6 +312,8 @@ def main(argv=None):
                     if error:
                         raise SystemExit(f"error: timing {v} {fmt}: {error}")
                     result["variants"][v][fmt]["round_ms"].append(r["median_ms"])
+        if args.pairs:
+            pair_variants(result, tmp, args, limit)
         if args.profile:
             profile_variants(result, tmp, args, limit)
     finally:
@@ -290,6 +334,8 @@ def main(argv=None):
                 r = result["variants"][v][fmt]
                 print(f"  {fmt:<12} {v:<7} {r['median_ms']:8.1f} ms  x{r['ratio_to_none']:.3f}  "
                       f"rel_l2 {r['rel_l2']:.1e}  rounds {' '.join(f'{x:.0f}' for x in r['round_ms'])}")
+        for line in format_pairs(result):
+            print(line)
         for line in format_profiles(result):
             print(line)
     return 0

@@ -108,6 +108,36 @@ def test_single_format_variants_are_built_and_timed_in_that_format_only():
     assert variants.variant_formats("base", ["tflite-fp32", "onnx"]) == ["tflite-fp32", "onnx"]
 
 
+def test_time_pair_alternates_two_models_in_one_process(tmp_path, monkeypatch):
+    from benchmarks import common
+
+    calls = []
+
+    def load_runner(path, threads=None):
+        return lambda data: calls.append((path, int(data["label"][0, 0, 0])))
+
+    monkeypatch.setattr(common, "load_runner", load_runner)
+    npzs = []
+    for i in range(2):
+        npzs.append(str(tmp_path / f"{i}.npz"))
+        np.savez(npzs[-1], label=np.full((1, 2, 2), i, np.int32))
+    r = common.time_pair(["a.tflite", "b.tflite"], npzs, 2, pairs=4, warmup=1)
+    # the warm-up calls each once, then AB, BA, AB, BA, each model with its own inputs
+    assert calls == [("a.tflite", 0), ("b.tflite", 1)] + [
+        ("a.tflite", 0), ("b.tflite", 1), ("b.tflite", 1), ("a.tflite", 0)] * 2
+    assert r["pairs"] == 4 and len(r["median_ms"]) == 2
+    assert r["quartiles"][0] <= r["ratio"] <= r["quartiles"][1]
+
+
+def test_variant_pairs_are_tabulated_with_errors_named():
+    result = {"variants": {"none": {"onnx": {"paired_to_base": {"error": "killed above 100 MB"}}},
+                           "nchwc": {"onnx": {"paired_to_base": {"ratio": 1.0412, "quartiles": [0.99, 1.1],
+                                                                 "pairs": 20}}}}}
+    lines = variants.format_pairs(result)
+    assert "killed above 100 MB" in lines[0]
+    assert "nchwc" in lines[1] and "x1.041 (quartiles 0.990-1.100, 20 pairs)" in lines[1]
+
+
 def test_variant_profiles_are_tabulated_per_format_with_errors_named():
     result = {"formats": ["tflite-fp32", "onnx"], "variants": {
         "none": {"onnx": {"profile": {"median_ms": 9.0, "ops": {"Conv": {"ms": 8.0, "nodes": 3}}}},
