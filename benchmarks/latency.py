@@ -2,7 +2,7 @@ r"""Latency of the exported generator per norm mode and format.
 
     python -m benchmarks.latency --preset ade20k --norm none,clade,clade-icpe,spade \
         --formats tflite-fp32,tflite-int8-dynamic,onnx --threads 2 --rounds 3 --repeats 5 \
-        [--official DIR --torch-python PYTHON] [--memory-limit-mb MB] [--json] [--plot FILE]
+        [--official DIR --torch-python PYTHON] [--pairs N] [--memory-limit-mb MB] [--json] [--plot FILE]
 
 With `--official`, every mode but `none` starts from the official PyTorch generator
 (a local copy of github.com/tzt101/CLADE; `benchmarks.official_export`, run by
@@ -21,6 +21,11 @@ medians, with each mode's ratio to `none`. Every export and timing child runs un
 a memory guard (`--memory-limit-mb`, default 75 % of RAM): one that grows past it is
 killed and its row reports so. The peak resident memory of each timing process is
 reported per format.
+
+`--pairs N` then times each model of a mode but `none` in one process with `none`'s
+model of the same format, and with the official model, N pairs in alternating order:
+the median per-pair ratio (with quartiles) cancels the machine's drift, which moves
+the fresh-process rounds by 10-20 % on a shared box.
 """
 
 import argparse
@@ -95,6 +100,10 @@ def bench_latency(args):
                     row["peak_rss_mb"] = max(row["peak_rss_mb"] or 0.0, r["peak_rss_mb"])
                     print(f"[round {rnd + 1}/{args.rounds} {norm} {fmt}] {r['median_ms']:.1f} ms, "
                           f"peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        # 3. pairs in one process (drift cancels): each mode against `none` in the same
+        #    format, and against its official model
+        if args.pairs:
+            pair_rows(rows, args, limit)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results = []
@@ -117,6 +126,24 @@ def bench_latency(args):
 
 
 OFFICIAL = "official-onnx"  # the official PyTorch generator, exported with torch.onnx, in onnxruntime
+
+
+def pair_rows(rows, args, limit):
+    """Adds `paired_to_none` and `paired_to_official` to each row of a mode but `none`:
+    `benchmarks.common.time_pair`, the two models in one process in alternating order."""
+    for (norm, fmt), row in rows.items():
+        if norm == "none" or fmt == OFFICIAL or "error" in row:
+            continue
+        for key, other in (("paired_to_none", rows.get(("none", fmt))),
+                           ("paired_to_official", rows.get((norm, OFFICIAL)))):
+            if other is None or "error" in other:
+                continue
+            pair, error, _ = call_guarded("benchmarks.common", "time_pair",
+                                          ([other["path"], row["path"]], [other["npz"], row["npz"]],
+                                           args.threads, args.pairs, args.warmup), limit)
+            row[key] = pair or {"error": error}
+            print(f"[pairs {norm} {fmt}] {key}: " + (f"x{pair['ratio']:.3f}" if pair else error),
+                  file=sys.stderr)
 
 
 def official_row(args, norm, npz, out):
@@ -171,6 +198,14 @@ def format_table(result):
                      f"{fmt(r.get('ratio_to_official'), '.2f'):>7} {fmt(r.get('peak_rss_mb'), '.0f'):>8} "
                      f"{fmt(r['export_peak_rss_mb'] and r['export_peak_rss_mb'] / 1024, '.1f'):>9}")
     lines += [f"{r['norm']} {r['format']}: {r['error']}" for r in result["results"] if r.get("error")]
+    for r in result["results"]:
+        pairs = [(what, r[key]) for what, key in (("none", "paired_to_none"), ("official", "paired_to_official"))
+                 if key in r]
+        if pairs:
+            lines.append(f"{r['norm']} {r['format']}, paired in one process: " + "; ".join(
+                f"x {what} {p['error']}" if "error" in p else
+                f"x {what} {p['ratio']:.3f} ({p['quartiles'][0]:.3f}-{p['quartiles'][1]:.3f})"
+                for what, p in pairs))
     return "\n".join(lines)
 
 
@@ -228,6 +263,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per process before the timed ones")
     p.add_argument("--rounds", type=int, default=3,
                    help="fresh-process timings per model, interleaved across modes; the median is reported")
+    p.add_argument("--pairs", type=int, default=0,
+                   help="after the rounds, time each model in one process with `none` of its format "
+                        "(and with the official model), this many alternating pairs (0: no pairing)")
     p.add_argument("--memory-limit-mb", type=float,
                    help="kill a child (export or timing) above this resident memory (None: 75%% of RAM)")
     p.add_argument("--official", metavar="DIR",

@@ -2,6 +2,7 @@
 shipped layer computes, the commands' help, and the tf2onnx memory workaround leaving
 tf2onnx as it found it."""
 
+import argparse
 import os
 import re
 import signal
@@ -308,3 +309,27 @@ def test_latency_table_and_plot_show_every_row(tmp_path):
     assert table[-1] == "spade onnx: killed: resident memory above 2000 MB; peak seen 2001 MB"
     latency.plot_latency(result, str(tmp_path / "latency.png"))
     assert (tmp_path / "latency.png").stat().st_size > 0
+    rows[1]["paired_to_none"] = {"ratio": 1.0312, "quartiles": [0.98, 1.07], "pairs": 10}
+    rows[1]["paired_to_official"] = {"error": "killed"}
+    assert latency.format_table(result).splitlines()[-1] == (
+        "clade onnx, paired in one process: x none 1.031 (0.980-1.070); x official killed")
+
+
+def test_latency_pairs_each_mode_with_none_and_its_official_model(monkeypatch):
+    seen = []
+
+    def call_guarded(module, name, args, limit):
+        seen.append((name, args[0]))
+        return {"ratio": 1.0, "quartiles": [1.0, 1.0], "pairs": args[3], "median_ms": [1, 1]}, None, 0.0
+
+    monkeypatch.setattr(latency, "call_guarded", call_guarded)
+    row = lambda n, f: {"norm": n, "format": f, "path": f"{n}.{f}", "npz": f"{n}.npz"}  # noqa: E731
+    rows = {(n, f): row(n, f) for n in ("none", "clade") for f in ("onnx", "tflite-fp32")}
+    rows[("clade", latency.OFFICIAL)] = row("clade", latency.OFFICIAL)
+    rows[("none", "tflite-fp32")]["error"] = "export: failed"
+    latency.pair_rows(rows, argparse.Namespace(threads=2, pairs=3, warmup=1), 100)
+    assert seen == [("time_pair", ["none.onnx", "clade.onnx"]),
+                    ("time_pair", ["clade.official-onnx", "clade.onnx"]),
+                    ("time_pair", ["clade.official-onnx", "clade.tflite-fp32"])]
+    assert rows[("clade", "onnx")]["paired_to_none"]["pairs"] == 3
+    assert "paired_to_none" not in rows[("clade", "tflite-fp32")]  # its none failed
