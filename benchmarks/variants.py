@@ -59,7 +59,7 @@ ONLY_IN = {"nchwc": "onnx", "hoisted": "tflite-fp32"}
 VARIANT_FORMATS = ("tflite-fp32", "onnx")
 
 
-def _trace(folded, variant, for_tflite=True):
+def _trace(folded, variant, ordered_lookups=True):
     """A serving function of `folded` with the CLADE lookup computed as `variant`, for
     TFLite (lookups ordered after their layer's input, as exported) or not."""
     import types
@@ -129,7 +129,7 @@ def _trace(folded, variant, for_tflite=True):
     elif variant not in ("base", "hoisted"):
         raise ValueError(f"unknown variant {variant!r}; expected some of {', '.join(VARIANTS)}")
     # traced now, while the overrides are in place
-    return serving_function(folded, 1, for_tflite=for_tflite and variant != "hoisted")
+    return serving_function(folded, 1, ordered_lookups=ordered_lookups and variant != "hoisted")
 
 
 def variant_formats(variant, formats):

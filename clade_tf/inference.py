@@ -16,7 +16,8 @@ training=False)` computes, with:
   quantization needs (folded into the tables instead, channels with a small `s`
   were quantized to a few levels and then multiplied by a large `gamma/s`: the
   full-integer model's largest error);
-- for TFLite (`order_lookups`), each CLADE lookup (and CLADE-ICPE's positional convs)
+- for the float TFLite formats (`order_lookups`; the exporter's `orders_lookups`), each
+  CLADE lookup (and CLADE-ICPE's positional convs)
   made to depend on its layer's input (the label map plus an int 0 computed from one
   element of x: `x > inf` is false for every x, inf and NaN included). The same
   numbers; but TFLite runs the ops XNNPACK does not take (the GATHERs) as early as

@@ -104,6 +104,12 @@ def test_export_all_formats_verified_with_one_contract(tmp_path, capsys):
     modes = {a.s for n in m.graph.node if n.op_type == "Resize" for a in n.attribute
              if a.name == "coordinate_transformation_mode"}
     assert modes == {b"asymmetric"}  # no deprecated tf_half_pixel_for_nn
+    # lookups ordered after their layer's input in the float TFLite formats only
+    for kind, name in runtime.FORMATS.items():
+        if kind.startswith("tflite"):
+            ops = {o["op_name"] for o in Interpreter(model_path=os.path.join(out, name))._get_ops_details()}
+            assert ("GREATER" in ops) == (kind != "tflite-int8"), kind
+    assert "Greater" not in {n.op_type for n in m.graph.node}
 
 
 def test_failed_verification_leaves_nothing(tmp_path, monkeypatch, capsys):

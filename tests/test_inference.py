@@ -101,10 +101,10 @@ def test_each_tflite_lookup_runs_just_before_its_layer(mode, tmp_path):
     f = fold_for_inference(Generator(cfg))
     path = str(tmp_path / "g.tflite")
     before_first_conv = {}
-    for for_tflite in (True, False):
-        write_format("tflite-fp32", path, *serving_function(f, 1, for_tflite=for_tflite))
+    for ordered in (True, False):
+        write_format("tflite-fp32", path, *serving_function(f, 1, ordered_lookups=ordered))
         ops = [o["op_name"] for o in Interpreter(path)._get_ops_details()]
-        before_first_conv[for_tflite] = ops[:ops.index("CONV_2D")].count("GATHER")
+        before_first_conv[ordered] = ops[:ops.index("CONV_2D")].count("GATHER")
     assert before_first_conv[True] == 1  # the one-hot lookup that feeds it
     # not ordered (what the ONNX export gets): the lookups (CLADE) or the positional
     # convs (CLADE-ICPE) come first

@@ -17,10 +17,10 @@ class ExportError(Exception):
     """An export that cannot be produced or does not verify."""
 
 
-def serving_function(generator, batch, for_tflite=None):
+def serving_function(generator, batch, ordered_lookups=None):
     """`(tf.function with a static input signature, input names in contract order)`.
 
-    `for_tflite` (an `InferenceGenerator`): traced now, with each CLADE lookup ordered
+    `ordered_lookups` (an `InferenceGenerator`): traced now, with each CLADE lookup ordered
     after its layer's input when True (`InferenceGenerator.order_lookups`)."""
     spec = generator.input_signature(batch)
     names = list(spec)
@@ -30,8 +30,8 @@ def serving_function(generator, batch, for_tflite=None):
         return {"image": generator(inputs, training=False)}
 
     fn = tf.function(serve, input_signature=[spec[n] for n in names])
-    if for_tflite is not None:
-        generator.order_lookups(for_tflite)
+    if ordered_lookups is not None:
+        generator.order_lookups(ordered_lookups)
         fn.get_concrete_function()  # the switch is read while tracing
     return fn, names
 

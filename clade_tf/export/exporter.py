@@ -100,6 +100,14 @@ def report_entry(out, ref, reference):
             "saturated_fraction": float(np.mean(np.abs(ref) > SATURATION))}
 
 
+def orders_lookups(kind):
+    """Whether format `kind` gets each CLADE lookup ordered after its layer's input
+    (`clade_tf.inference`): the float TFLite formats. Not full-integer int8: there the
+    order's `x > inf` test runs on quantized values and can come out true (a trained
+    model's int8 GATHER then read class K), and its gathered tensors are 4x smaller."""
+    return kind.startswith("tflite") and kind != "tflite-int8"
+
+
 def conversion_order(formats):
     """The formats to convert, fp32 TFLite first: it is the fp16 / int8 formats' reference."""
     quantized = [k for k in formats if k not in FP32_FORMATS]
@@ -168,9 +176,10 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
                           "training diverged; export an earlier checkpoint")
     cfg = generator.config
     folded = fold_for_inference(generator)
-    # one trace for TFLite (lookups ordered after their layer's input), one for the rest
-    fns = {tfl: serving_function(folded, batch, for_tflite=tfl)[0]
-           for tfl in {k.startswith("tflite") for k in conversion_order(formats)}}
+    # one trace for the float TFLite formats (lookups ordered after their layer's input:
+    # `orders_lookups`), one for the rest
+    fns = {o: serving_function(folded, batch, ordered_lookups=o)[0]
+           for o in sorted({orders_lookups(k) for k in conversion_order(formats)})}
     names = list(generator.input_signature(batch))
     if check is None:
         check = example_inputs(cfg, batch, seed=1, n_batches=2)
@@ -194,7 +203,7 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
         for kind in conversion_order(formats):
             name = FORMATS[kind] if kind in formats else REFERENCE_TFLITE
             path = os.path.join(tmp, name)
-            fn = fns[kind.startswith("tflite")]
+            fn = fns[orders_lookups(kind)]
             write_format(kind, path, fn, names, folded.weights, calibration)
             out = load_runner(path)(check)
             what = name if kind in formats else "fp32 TFLite reference of the fp16/int8 formats"
