@@ -16,14 +16,14 @@ training=False)` computes, with:
   quantization needs (folded into the tables instead, channels with a small `s`
   were quantized to a few levels and then multiplied by a large `gamma/s`: the
   full-integer model's largest error);
-- for the float TFLite formats (`order_lookups`; the exporter's `orders_lookups`), each
-  CLADE lookup (and CLADE-ICPE's positional convs)
-  made to depend on its layer's input (the label map plus an int 0 computed from one
-  element of x: `x > inf` is false for every x, inf and NaN included). The same
-  numbers; but TFLite runs the ops XNNPACK does not take (the GATHERs) as early as
-  their inputs allow, so without it all lookups of the model ran before the first
-  conv, with every gathered tensor alive at once. With it each lookup runs just before
-  its layer (ADE20K fp32: runtime peak 964 -> 815 MB, same speed);
+- on request (`order_lookups`: the exporter asks for it in the float TFLite formats,
+  `clade_tf.export.exporter.orders_lookups`), each CLADE lookup (and CLADE-ICPE's
+  positional convs) made to depend on its layer's input: the label map plus an int 0
+  computed from one element of x (`x > inf` is false for every x, inf and NaN
+  included). The same numbers; but TFLite runs the ops XNNPACK does not take (the
+  GATHERs) as early as their inputs allow, so without it all lookups of the model ran
+  before the first conv, with every gathered tensor alive at once. With it each lookup
+  runs just before its layer (ADE20K fp32: runtime peak 964 -> 815 MB, same speed);
 - no label-range assertion (exported graphs take it as a contract);
 - the one-hot label map as a lookup in an identity table (GATHER), not ONE_HOT: the
   same numbers, but TFLite's int8 ONE_HOT gets the off value wrong (a 7-class
@@ -77,7 +77,7 @@ class InferenceClassAdaptiveNorm(ClassAdaptiveNorm):
     """CLADE whose lookup runs after its input is computed, when `after_input` (set by
     `InferenceGenerator.order_lookups`; see module doc)."""
 
-    after_input = True
+    after_input = False
 
     def modulate(self, x, cond, training=None):
         if not self.after_input:
