@@ -156,7 +156,8 @@ def bench_ops(args):
     return result
 
 
-def _op_value(v):
+def op_value(v):
+    """An op's number in a profile: onnxruntime's `{"ms": ...}` or TFLite's % share; 0 if absent."""
     if v is None:
         return 0.0
     return v["ms"] if isinstance(v, dict) else v
@@ -176,9 +177,9 @@ def format_table(result):
         lines.append(f"  {'op':<34}" + "".join(f"{m:>14}" for m in ok))
         lines.append(f"  {'median ms / run':<34}" + "".join(f"{r['median_ms']:>14.1f}" for r in ok.values()))
         ops = sorted({o for r in ok.values() for o in r[key]},
-                     key=lambda o: -max(_op_value(r[key].get(o)) for r in ok.values()))
+                     key=lambda o: -max(op_value(r[key].get(o)) for r in ok.values()))
         for o in ops:
-            vals = [_op_value(r[key].get(o)) for r in ok.values()]
+            vals = [op_value(r[key].get(o)) for r in ok.values()]
             if max(vals) >= 0.05:
                 lines.append(f"  {o:<34}" + "".join(f"{v:>14.2f}" for v in vals))
     return "\n".join(lines)

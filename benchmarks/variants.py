@@ -172,9 +172,8 @@ def build_variant(preset_name, variant, formats, out_dir):
 
 
 def pair_variants(result, tmp, args, limit):
-    """Adds `paired_to_base`: each variant against `base` in one process, alternating
-    (`benchmarks.common.time_pair`); `hoisted` and `nchwc` have no `base` of their format
-    in the other runtime, so each pairs with the `base` of its own format."""
+    """Adds `paired_to_base`: each variant against `base` of the same format in one process,
+    alternating (`benchmarks.common.time_pair`)."""
     from clade_tf.export import FORMATS
 
     for v, per_format in result["variants"].items():
@@ -226,6 +225,8 @@ def format_pairs(result):
 
 def format_profiles(result):
     """Per format, one column per variant: onnxruntime kernel ms per run, TFLite % of CPU."""
+    from benchmarks.ops import op_value
+
     lines = []
     for fmt in result["formats"]:
         cols = {v: r[fmt]["profile"] for v, r in result["variants"].items()
@@ -238,11 +239,10 @@ def format_profiles(result):
         ok = {v: (p["ops"] if fmt == "onnx" else p["cpu_share_pct"]) for v, p in cols.items() if "error" not in p}
         if not ok:
             continue
-        value = {v: {o: (x["ms"] if isinstance(x, dict) else x) for o, x in ops.items()} for v, ops in ok.items()}
         lines.append(f"    {'op':<32}" + "".join(f"{v:>10}" for v in ok))
-        for o in sorted({o for ops in value.values() for o in ops}, key=lambda o: -max(
-                ops.get(o, 0.0) for ops in value.values())):
-            vals = [value[v].get(o, 0.0) for v in ok]
+        for o in sorted({o for ops in ok.values() for o in ops}, key=lambda o: -max(
+                op_value(ops.get(o)) for ops in ok.values())):
+            vals = [op_value(ops.get(o)) for ops in ok.values()]
             if max(vals) >= 0.05:
                 lines.append(f"    {o:<32}" + "".join(f"{x:>10.2f}" for x in vals))
     return lines
