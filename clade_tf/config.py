@@ -210,6 +210,15 @@ class DataConfig:
         """Classes the model sees, don't-care included."""
         return self.label_nc + (1 if self.contain_dontcare else 0)
 
+    @property
+    def dontcare_class(self):
+        """The don't-care class id (the last class, `label_nc`), or None when the data has none.
+
+        The one place it is derived: the data loaders map raw don't-care pixels to it,
+        CLADE-ICPE's positional maps leave it at zero (training, export, the web page),
+        and the evaluation's segmentation scores ignore it."""
+        return self.label_nc if self.contain_dontcare else None
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

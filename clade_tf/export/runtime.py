@@ -6,6 +6,9 @@ inference CLI, evaluation and the benchmarks. The model is loaded once; each cal
 takes a dict of batched inputs (`label`, and as the model needs them `instance`,
 `dist`, `z`) and returns the `image` batch as numpy, running the model's static batch
 (1 by default) as many times as needed.
+
+Imports numpy only (each runtime when a model needs it): a deployed model does not
+carry TensorFlow, and `import clade_tf.export.runtime` does not load it.
 """
 
 import os
@@ -60,8 +63,12 @@ def _input_name(name):
 
 
 class _Runner:
-    def __init__(self, path, run_one, input_names, batch):
+    """`input_names` in the model's order; `input_shapes` name -> shape as the model declares it
+    (None for a dynamic dimension): what a caller without the export's report can read."""
+
+    def __init__(self, path, run_one, input_names, batch, input_shapes=None):
         self.path, self._run_one, self.input_names, self.batch = path, run_one, input_names, batch
+        self.input_shapes = input_shapes or {}
 
     def __call__(self, inputs):
         missing = [n for n in self.input_names if n not in inputs]
@@ -91,7 +98,8 @@ def _tflite(path, threads):
         return it.get_tensor(out_index).copy()
 
     batch = int(next(iter(details.values()))["shape"][0])
-    runner = _Runner(path, run_one, list(details), batch)
+    shapes = {n: tuple(int(v) for v in d["shape"]) for n, d in details.items()}
+    runner = _Runner(path, run_one, list(details), batch, shapes)
     runner.interpreter = it
     return runner
 
@@ -109,8 +117,9 @@ def _onnx(path, threads, profile_prefix=None):
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     names = [x.name for x in sess.get_inputs()]
     shape0 = sess.get_inputs()[0].shape[0]
+    shapes = {x.name: tuple(v if isinstance(v, int) else None for v in x.shape) for x in sess.get_inputs()}
     runner = _Runner(path, lambda x: sess.run(["image"], {n: x[n] for n in names})[0], names,
-                     shape0 if isinstance(shape0, int) else None)
+                     shape0 if isinstance(shape0, int) else None, shapes)
     runner.session = sess
     return runner
 
@@ -125,7 +134,9 @@ def _saved_model(path, threads):
     specs = f.structured_input_signature[1]
     names = list(specs)
     batch = specs[names[0]].shape[0]
-    return _Runner(path, lambda x: f(**{k: tf.constant(v) for k, v in x.items()})["image"].numpy(), names, batch)
+    shapes = {n: tuple(specs[n].shape.as_list()) for n in names}
+    return _Runner(path, lambda x: f(**{k: tf.constant(v) for k, v in x.items()})["image"].numpy(), names, batch,
+                   shapes)
 
 
 def load_runner(path, threads=None, profile_prefix=None):
