@@ -19,9 +19,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "GeneratorConfig", "DiscriminatorConfig", "Generator", "MultiscaleDiscriminator",
-    "ConvEncoder", "ClassAdaptiveNorm", "SpatiallyAdaptiveNorm", "Preset", "PRESETS",
-    "get_preset",
+    "PRESETS", "ClassAdaptiveNorm", "ConvEncoder", "DiscriminatorConfig", "Generator", "GeneratorConfig",
+    "MultiscaleDiscriminator", "Preset", "SpatiallyAdaptiveNorm", "get_preset",
 ]
 
 

@@ -205,8 +205,7 @@ class Evaluator:
         self.prepare()
         cm = None
         if self.segmenter is not None:
-            ignore = self.data.label_nc if self.data.contain_dontcare else None
-            cm = ConfusionMatrix(self.gen_cfg.num_classes, ignore_index=ignore)
+            cm = ConfusionMatrix(self.gen_cfg.num_classes, ignore_index=self.data.dontcare_class)
         grid_parts = []
         done = 0
 

@@ -57,9 +57,12 @@ class OutputError(ValueError):
 def _kind_of(path):
     """What this project wrote at `path`: `export`, `evaluation`, `web demo`, `imported run`,
     `training run` or None."""
+    # the export directory's owner (TF-free)
+    from clade_tf.export.exportdir import is_export
+
     if os.path.isfile(os.path.join(path, "demo.json")) and os.path.isfile(os.path.join(path, "index.html")):
         return "web demo"
-    if os.path.isfile(os.path.join(path, "report.json")) and not os.path.exists(os.path.join(path, "config.json")):
+    if is_export(path) and not os.path.exists(os.path.join(path, "config.json")):
         return "export"
     if os.path.isfile(os.path.join(path, "metrics.json")) and not os.path.exists(os.path.join(path, "config.json")):
         return "evaluation"

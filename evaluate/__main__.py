@@ -205,29 +205,29 @@ def load_model(args):
         weights = run.generator_weights(args.checkpoint)
         return keras_generator_fn(g), g.config, data, {"run": args.run, "weights": weights, "sha256": sha256(weights)}
     from clade_tf.config import GeneratorConfig
+    from clade_tf.export.exportdir import find_model
     from clade_tf.export.runtime import load_runner
 
-    path = args.model.rstrip("/")
-    export_dir = path if os.path.isfile(os.path.join(path, "report.json")) else os.path.dirname(os.path.abspath(path))
-    report_path = os.path.join(export_dir, "report.json")
-    if not os.path.isfile(report_path):
-        raise UsageError(f"{report_path} not found: --model must be an export of python -m export or a model in one")
-    with open(report_path) as f:
-        report = json.load(f)
-    if path == export_dir.rstrip("/"):
-        found = [n for n in ("model_fp32.tflite", "model.onnx", "saved_model") if os.path.exists(os.path.join(path, n))]
-        if not found:
-            raise UsageError(f"--model {path}: the export holds no fp32 model; name one of its model files")
-        path = os.path.join(path, found[0])
-    gen_cfg = GeneratorConfig.from_dict(report["generator"])
+    path, export = find_model(args.model)
+    if export is None:
+        raise UsageError(f"--model {path}: no report.json beside it (the generator's configuration); name the "
+                         "export directory of python -m export, or copy its report.json beside the model")
+    gen_cfg = GeneratorConfig.from_dict(export.generator)
     if not args.dataset:
         raise UsageError("--model needs --dataset NAME (the data the generator was trained on)")
-    dontcare = args.dataset in ("ade20k", "ade20k-outdoor", "coco-stuff")
-    preset = resolve_preset(args.dataset, gen_cfg.num_classes - dontcare if args.dataset == "custom" else None,
-                            False, gen_cfg.use_instance)
+    # a custom dataset's classes and don't-care class are the export's (recorded from the
+    # run's DataConfig.dontcare_class); a fixed preset has its own
+    has_dontcare = export.dontcare_class is not None
+    custom = args.dataset == "custom"
+    preset = resolve_preset(args.dataset, gen_cfg.num_classes - has_dontcare if custom else None,
+                            has_dontcare and custom, gen_cfg.use_instance and custom)
     data = preset.data_config(dataroot=args.dataroot)
+    if "dontcare_class" in export.contract and data.dontcare_class != export.dontcare_class:
+        raise UsageError(f"--dataset {args.dataset}: don't-care class {data.dontcare_class}, but the export's is "
+                         f"{export.dontcare_class} ({export.path}/report.json); name the dataset the generator "
+                         "was trained on")
     runner = load_runner(path)
-    return runner_generator_fn(runner, report["contract"]["inputs"]), gen_cfg, data, {
+    return runner_generator_fn(runner, export.inputs), gen_cfg, data, {
         "model": path, "sha256": sha256(path)}
 
 

@@ -63,7 +63,8 @@ def build_parser():
 
 
 def load_generator(args):
-    """`(generator, DataConfig or None, seed, calibration source name, reason if no data)`."""
+    """`(generator, DataConfig or None, seed, calibration source name, reason if no data,
+    the don't-care class)`."""
     from clade_tf.config import PROCEDURAL_DATASETS
     from clade_tf.export import ExportError
     from clade_tf.networks import Generator
@@ -78,13 +79,19 @@ def load_generator(args):
         if given:
             raise ExportError(f"{', '.join(given)}: only with --weights (a run's config.json fixes "
                               "the architecture)")
+        if not os.path.exists(args.run):
+            raise ExportError(f"--run {args.run} not found (expected a run directory of python -m train "
+                              "or python -m export.from_torch)")
+        if not os.path.isdir(args.run):
+            raise ExportError(f"--run {args.run} is a file, not a run directory (a weights file goes "
+                              "with --weights and --preset)")
         run = RunDirectory(args.run)
         g, cfg = run.load_generator()
         data = cfg.data
         if args.calibration_dataroot:
             data = dataclasses.replace(data, dataroot=args.calibration_dataroot)
         name = f"{data.dataset} data" if run.is_imported() else "run data"
-        return g, data, cfg.seed, name, "", _dontcare(cfg.data)
+        return g, data, cfg.seed, name, "", cfg.data.dontcare_class
     if not args.preset:
         raise ExportError("--weights needs --preset NAME (the preset the weights were trained with)")
     norm, pfn = args.norm or "clade", args.param_free_norm or "syncbatch"
@@ -97,13 +104,8 @@ def load_generator(args):
     load_weights_checked(g, args.weights, f"preset {args.preset} / norm {norm} (param-free norm {pfn}"
                                           f"{', VAE' if args.use_vae else ''})")
     if args.preset not in PROCEDURAL_DATASETS and not args.calibration_dataroot:
-        return g, None, 0, "", f"no --calibration-dataroot for the {args.preset} data", _dontcare(cfg.data)
-    return g, cfg.data, cfg.seed, f"{args.preset} data", "", _dontcare(cfg.data)
-
-
-def _dontcare(data):
-    """The don't-care class id of the data (CLADE-ICPE leaves it without positions), or None."""
-    return data.label_nc if data.contain_dontcare else None
+        return g, None, 0, "", f"no --calibration-dataroot for the {args.preset} data", cfg.data.dontcare_class
+    return g, cfg.data, cfg.seed, f"{args.preset} data", "", cfg.data.dontcare_class
 
 
 def main(argv=None):

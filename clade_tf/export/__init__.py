@@ -20,7 +20,10 @@ _EXPORTS = {
     "find_model": "clade_tf.export.exportdir",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FORMATS", "FP32_FORMATS", "ExportDir", "ExportDirError", "ExportError", "calibration_inputs", "compare",
+    "example_inputs", "export", "find_model", "load_runner", "parse_formats", "serving_function", "write_format",
+]
 
 
 def __getattr__(name):

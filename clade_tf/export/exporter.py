@@ -18,7 +18,6 @@ pixels with |y| > 0.99: where tanh saturates, small pre-tanh differences vanish,
 large fraction makes the comparison less meaningful.
 """
 
-import json
 import os
 
 import numpy as np
@@ -27,6 +26,7 @@ import tensorflow as tf
 from clade_tf.data import sources
 from clade_tf.data.icpe import icpe_distance_map
 from clade_tf.export.converters import ExportError, serving_function, write_format
+from clade_tf.export.exportdir import write_report
 from clade_tf.export.int8 import explain_int8
 from clade_tf.export.runtime import FORMATS, FP32_FORMATS, check_formats, load_runner
 from clade_tf.gan import non_finite_weights
@@ -189,8 +189,8 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
     reference = generator({k: tf.constant(v) for k, v in check.items()}, training=False).numpy()
     if calibration is None:
         calibration, calibration_source = example_inputs(cfg, 1, seed=2, n_batches=8), "random blocky labels"
-    # dontcare_class: the class a CLADE-ICPE caller leaves at zero position
-    # (`icpe_distance_map(label, dontcare_class)`, as training did)
+    # dontcare_class (`DataConfig.dontcare_class`): the class a CLADE-ICPE caller leaves at
+    # zero position (`icpe_distance_map(label, dontcare_class)`, as training did)
     report = {"contract": {"inputs": names, "output": "image", "batch": batch,
                            "height": cfg.image_height, "width": cfg.image_width,
                            "dontcare_class": dontcare_class},
@@ -217,6 +217,5 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
             if kind == "tflite-int8" and explain:
                 report["int8_layers"] = explain_int8(folded, fn, names, calibration, check, tflite_out, compare)
         report["formats"] = {FORMATS[k]: entries[k] for k in formats}
-        with open(os.path.join(tmp, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        write_report(tmp, report)  # read back by clade_tf.export.ExportDir
     return report

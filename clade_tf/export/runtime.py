@@ -59,7 +59,7 @@ def format_of(path):
 def _input_name(name):
     """The contract name of a runtime input (`serving_default_label:0` -> `label`)."""
     base = name.split(":")[0]
-    return base[len("serving_default_"):] if base.startswith("serving_default_") else base
+    return base.removeprefix("serving_default_")
 
 
 class _Runner:
