@@ -35,8 +35,9 @@ from benchmarks.common import HelpFormatter, machine, split
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 MODES = ("none", "clade", "clade-icpe", "spade")
+# the weights shipped in the package (clade_tf.resources): --train-segmenter rewrites them in the checkout
 DEFAULT_SEGMENTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "assets", "segmenters", "synthetic-scenes-64.weights.h5")
+                                 "clade_tf", "resources", "segmenters", "synthetic-scenes-64.weights.h5")
 REFERENCE_SEED = 424_242  # the real images of seg_fd's reference statistics
 EVAL_SEED = 0  # the validation stream every mode and seed is scored on
 GRID_ROWS = 6

@@ -1,11 +1,10 @@
 """Colour palettes and sample grids (label | generated | real)."""
 
-import json
 import os
 
 import numpy as np
 
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+from clade_tf import resources
 
 
 def voc_colormap(n):
@@ -23,12 +22,12 @@ def voc_colormap(n):
 
 
 def palette(preset_name, num_classes):
-    """`[num_classes, 3]` uint8 colours: `assets/palettes/<preset>.json` when present
-    (a list of [r, g, b]), else the VOC colour map."""
-    path = os.path.join(ASSETS, "palettes", f"{preset_name}.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            colours = np.asarray(json.load(f)["colours"], dtype=np.uint8)
+    """`[num_classes, 3]` uint8 colours: the shipped `palettes/<preset>.json` of
+    `clade_tf.resources` when it has that many colours (a list of [r, g, b]), else the VOC
+    colour map."""
+    data = resources.read_json("palettes", f"{preset_name}.json")
+    if data is not None:
+        colours = np.asarray(data["colours"], dtype=np.uint8)
         if len(colours) >= num_classes:
             return colours[:num_classes]
     return voc_colormap(num_classes)

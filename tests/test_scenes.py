@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from clade_tf import viz
+from clade_tf import resources, viz
 from clade_tf.data import scenes
 from clade_tf.data.icpe import icpe_distance_map
 from clade_tf.metrics import scenes as ms
 
-SEGMENTER = "assets/segmenters/synthetic-scenes-64.weights.h5"
+SEGMENTER = resources.segmenter_weights()
 
 
 def batch(seed, n, size=64):

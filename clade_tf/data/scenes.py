@@ -34,7 +34,7 @@ STRUCTURES = {"image_position": (SKY,), "object_position": (DOME, ORB, ROAD),
               "instance_edges": (BUILDING,), "thin": (POLE, WIRE),
               "texture": (GRASS, WATER, BRICK, TILES, SAND, FOLIAGE, FLOWERS)}
 
-# Display colours (the label palette, also `assets/palettes/synthetic-scenes.json`).
+# Display colours (the label palette, also `clade_tf/resources/palettes/synthetic-scenes.json`).
 PALETTE = np.array([[70, 130, 180], [107, 142, 35], [220, 200, 120], [0, 80, 160], [128, 64, 128],
                     [70, 70, 70], [190, 153, 153], [250, 170, 30], [153, 153, 153], [20, 20, 20],
                     [180, 60, 50], [0, 160, 160], [0, 100, 0], [255, 130, 200]], dtype=np.uint8)

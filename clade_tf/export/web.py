@@ -15,6 +15,7 @@ by `python -m benchmarks.web`; LiteRT.js is the default (see the README for the 
 
 import functools
 import http.server
+import importlib.resources
 import json
 import os
 import shutil
@@ -22,12 +23,12 @@ import threading
 
 import numpy as np
 
-from clade_tf import viz
+from clade_tf import resources, viz
 from clade_tf.outdir import OutputError, replace_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SITE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_site")
-CLASS_NAMES_DIR = os.path.join(viz.ASSETS, "classes")
+# the page's files: package data of clade_tf.export, read with importlib.resources as installed
+SITE_SOURCE = importlib.resources.files("clade_tf.export").joinpath("web_site")
 PAGE_FILES = ("index.html", "app.js", "style.css")
 
 # runtime -> (model files of an export it can run, fp32 first; node_modules files -> site paths)
@@ -126,8 +127,8 @@ def guess_preset(gen):
 
 
 def class_names(preset_name, num_classes):
-    """Display names of `num_classes` classes of a preset: `assets/classes/<dataset>.json`, the
-    procedural datasets' own lists, a last "don't care" class, else "class i"."""
+    """Display names of `num_classes` classes of a preset: the shipped `classes/<dataset>.json`
+    of `clade_tf.resources`, the procedural datasets' own lists, a last "don't care" class, else "class i"."""
     from clade_tf.data import scenes, synthetic
     from clade_tf.presets import PRESETS
 
@@ -138,10 +139,9 @@ def class_names(preset_name, num_classes):
         names = list(scenes.CLASS_NAMES)
     elif preset_name:
         base = "ade20k" if preset_name == "ade20k-outdoor" else preset_name
-        path = os.path.join(CLASS_NAMES_DIR, f"{base}.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                names = json.load(f)["names"]
+        data = resources.read_json("classes", f"{base}.json")
+        if data is not None:
+            names = data["names"]
         p = PRESETS.get(preset_name)
         if p is not None and p.contain_dontcare and len(names) == p.label_nc:
             names = names + ["don't care"]
@@ -227,13 +227,15 @@ def build_site(export_dir, out, preset=None, runtime=None, model=None, force=Fal
     missing = [src for src in RUNTIMES[runtime][1] if not os.path.isfile(os.path.join(modules, src))]
     if missing:
         raise WebError(f"{os.path.join(modules, missing[0])} not found: the browser runtimes are installed "
-                       f"by `npm ci` in {ROOT}")
+                       "by `npm ci` in the checkout (package.json), or set $CLADE_TF_NODE_MODULES to a "
+                       "node_modules folder that has them")
     config = site_config(report, preset, runtime, model_file)
     examples = example_labels(preset, gen)
     try:
         with replace_directory(out, "web demo", force, inputs=(export_dir,)) as tmp:
             for name in PAGE_FILES:
-                shutil.copyfile(os.path.join(SITE_SOURCE, name), os.path.join(tmp, name))
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(SITE_SOURCE.joinpath(name).read_bytes())
             for src, dst in RUNTIMES[runtime][1].items():
                 os.makedirs(os.path.dirname(os.path.join(tmp, dst)), exist_ok=True)
                 shutil.copyfile(os.path.join(modules, src), os.path.join(tmp, dst))

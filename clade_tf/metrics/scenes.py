@@ -21,7 +21,7 @@ score is the structure inside each image, not differences between images):
 Real images score close to 1 on each structure, a generator that paints the class
 flat scores 0, one whose shading runs the wrong way scores below 0.
 
-    seg = load_segmenter("assets/segmenters/synthetic-scenes-64.weights.h5")
+    seg = load_segmenter()                               # the shipped weights (clade_tf.resources)
     scorer = SceneScorer(seg, reference_images)          # uint8 real images
     metrics = scorer.score(images, labels, instances)    # generated for these maps
 """
@@ -113,10 +113,15 @@ def train_segmenter(height=64, width=64, steps=1200, batch_size=16, train_sample
     return model
 
 
-def load_segmenter(path, net_width=16):
-    """The segmenter with weights from `path` (`.weights.h5`); one-line errors."""
+def load_segmenter(path=None, net_width=16):
+    """The segmenter with weights from `path` (`.weights.h5`; default: the weights shipped in
+    `clade_tf.resources`, trained by `python -m benchmarks.quality --train-segmenter`); one-line errors."""
     import os
 
+    if path is None:
+        from clade_tf import resources
+
+        path = resources.segmenter_weights()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"segmenter weights not found: {path} (python -m benchmarks.quality "
                                 "--train-segmenter writes them)")
