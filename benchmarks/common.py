@@ -59,7 +59,7 @@ def random_generator(cfg):
 
 def export_for_bench(preset_name, norm, formats, out_dir, inputs_npz, official_weights=None):
     """Child-process job: the preset's random-weight generator in `norm` mode (or, with
-    `official_weights`, an official generator state dict imported by `clade_tf.convert`),
+    `official_weights`, an official generator state dict imported by `clade_tf.torchio.convert`),
     exported and verified by `clade_tf.export.export`; writes the timing inputs (batch 1)
     to `inputs_npz`; returns the generator's params and MACs."""
     import numpy as np
@@ -72,8 +72,8 @@ def export_for_bench(preset_name, norm, formats, out_dir, inputs_npz, official_w
     prof = generator_profile(cfg)
     if official_weights:
         from clade_tf import Generator
-        from clade_tf.convert import load_generator
-        from clade_tf.torch_checkpoint import load_state_dict
+        from clade_tf.torchio.convert import load_generator
+        from clade_tf.torchio.reader import load_state_dict
 
         g = Generator(cfg, name="generator")
         g.build()

@@ -8,7 +8,7 @@ With `--official`, every mode but `none` starts from the official PyTorch genera
 (a local copy of github.com/tzt101/CLADE; `benchmarks.official_export`, run by
 `--torch-python`): its own random initialization and calibrated BatchNorm statistics,
 exported with `torch.onnx` and timed in onnxruntime (`official-onnx` rows), and ours is
-that state dict imported with `clade_tf.convert`, so both compute the same function;
+that state dict imported with `clade_tf.torchio.convert`, so both compute the same function;
 `x official` is each of our formats' time over the official model's.
 
 For each norm mode, build the generator (random weights, BatchNorm statistics

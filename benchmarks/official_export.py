@@ -14,7 +14,7 @@ statistics from one training-mode pass on the label map of FILE.npz (a random ne
 with the initial statistics runs unnormalized), and writes to --out:
 
 - `net_G.pth`: its state dict, which the parent imports into our generator with
-  `clade_tf.convert` (the same weights in both);
+  `clade_tf.torchio.convert` (the same weights in both);
 - `official.onnx`: `torch.onnx.export` of the generator in eval mode, opset 17, the
   official way to deploy it. Its inputs are the one-hot semantic map (NCHW float, as
   the official `preprocess_input` makes it outside the network) and, for CLADE-ICPE,

@@ -22,7 +22,7 @@ class ImportErrorMessage(Exception):
 
 
 def inspect_checkpoint(sd):
-    from clade_tf.convert import inspect_generator_state_dict
+    from clade_tf.torchio.convert import inspect_generator_state_dict
 
     try:
         return inspect_generator_state_dict(sd)
@@ -86,9 +86,9 @@ def build_config(args, sd):
 def run(args):
     from clade_tf import ConvEncoder, Generator
     from clade_tf.config import RunConfig
-    from clade_tf.convert import load_encoder, load_generator
     from clade_tf.rundir import RunDirectory
-    from clade_tf.torch_checkpoint import load_state_dict
+    from clade_tf.torchio.convert import load_encoder, load_generator
+    from clade_tf.torchio.reader import load_state_dict
 
     sd = load_state_dict(args.checkpoint)
     preset, cfg = build_config(args, sd)
@@ -133,7 +133,7 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     args = p.parse_args(argv)
     from clade_tf.config import ConfigError
-    from clade_tf.torch_checkpoint import CheckpointError
+    from clade_tf.torchio.reader import CheckpointError
 
     try:
         cfg = run(args)

@@ -16,10 +16,11 @@ import pytest
 import tensorflow as tf
 
 from clade_tf import metrics
-from clade_tf.metrics import checkpoint, inception
 from clade_tf.metrics import fid as fid_module
+from clade_tf.metrics import inception
 from clade_tf.metrics.kid import mmd2_unbiased, polynomial_kernel
-from clade_tf.torch_checkpoint import CheckpointError
+from clade_tf.torchio import reader
+from clade_tf.torchio.reader import CheckpointError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "fixtures", "fid_inception")
@@ -142,7 +143,7 @@ def test_preprocess_layer_config_round_trip():
 
 def test_weight_file_formats_read_alike(weights_file, tmp_path):
     zipped = fid_reference.write_pth(tmp_path / "zip.pth", fid_reference.fid_state_dict(CONV_SHAPES))
-    legacy, modern = metrics.read_state_dict(weights_file), metrics.read_state_dict(zipped)
+    legacy, modern = reader.load_state_dict(weights_file), reader.load_state_dict(zipped)
     assert list(legacy) == list(modern) and len(legacy) == len(SHAPES)
     assert all(np.array_equal(legacy[k], modern[k]) and legacy[k].dtype == modern[k].dtype for k in legacy)
 
@@ -291,7 +292,7 @@ def test_weights_land_where_they_belong(tmp_path):
 
 
 def test_legacy_reader_reads_torch_written_file():
-    got = metrics.read_state_dict(os.path.join(HERE, "fixtures", "torch_legacy.pth"))
+    got = reader.load_state_dict(os.path.join(HERE, "fixtures", "torch_legacy.pth"))
     expected = np.load(os.path.join(HERE, "fixtures", "torch_legacy_expected.npz"))
     assert sorted(got) == sorted(expected.files)
     for k in expected.files:
@@ -300,7 +301,7 @@ def test_legacy_reader_reads_torch_written_file():
 
 def _legacy_bytes(main_pickle, keys=("0",), records=((4, b"\0" * 16),), header=None):
     out = b"".join(pickle.dumps(h, protocol=2) for h in (header or (
-        checkpoint.LEGACY_MAGIC, checkpoint.LEGACY_PROTOCOL, {"little_endian": True})))
+        reader.LEGACY_MAGIC, reader.LEGACY_PROTOCOL, {"little_endian": True})))
     out += main_pickle + pickle.dumps(list(keys), protocol=2)
     return out + b"".join(struct.pack("<q", n) + raw for n, raw in records)
 
@@ -323,7 +324,7 @@ def _one_tensor_pickle(pid_extra=b"N", numel=4, global_=b"ctorch._utils\n_rebuil
     (_legacy_bytes(_one_tensor_pickle(), records=((4, b"\0" * 20),)), "4 bytes follow the last storage"),
     (_legacy_bytes(_one_tensor_pickle(), keys=("0", "1")), "does not match the 1 storages"),
     (_legacy_bytes(_one_tensor_pickle(), header=(123, 1001, {"little_endian": True})), "magic number 123"),
-    (_legacy_bytes(_one_tensor_pickle(), header=(checkpoint.LEGACY_MAGIC, 1001, {"little_endian": False})),
+    (_legacy_bytes(_one_tensor_pickle(), header=(reader.LEGACY_MAGIC, 1001, {"little_endian": False})),
      "big-endian"),
     (b"\x80\x02cos\nsystem\n(X\x02\x00\x00\x00lstR.", "the header refers to the global os.system"),
     (_legacy_bytes(_one_tensor_pickle())[:60], "malformed state-dict pickle"),
@@ -332,11 +333,11 @@ def test_legacy_reader_checks_everything(tmp_path, data, message):
     path = tmp_path / "legacy.pth"
     path.write_bytes(data)
     if message is None:
-        got = checkpoint.read_state_dict(path)
+        got = reader.load_state_dict(path)
         assert list(got) == ["w"] and got["w"].shape == (4,) and got["w"].dtype == np.float32
         return
     with pytest.raises(CheckpointError, match=message) as e:
-        checkpoint.read_state_dict(path)
+        reader.load_state_dict(path)
     assert one_line(e).startswith(str(path))
 
 

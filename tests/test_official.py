@@ -2,7 +2,7 @@
 
 The fixtures (see tests/fixtures/README.md) hold inputs, outputs and buffers from
 the official tzt101/CLADE networks whose trainable weights were set by a numpy
-recipe; here we rebuild the same weights, load them through `clade_tf.convert`,
+recipe; here we rebuild the same weights, load them through `clade_tf.torchio.convert`,
 run *our* networks and compare.
 """
 
@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from clade_tf import ConvEncoder, DiscriminatorConfig, Generator, GeneratorConfig, MultiscaleDiscriminator
-from clade_tf.convert import load_discriminator, load_encoder, load_generator
 from clade_tf.layers import instance_edges
+from clade_tf.torchio.convert import load_discriminator, load_encoder, load_generator
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clade_tf import torch_checkpoint as tc
-from clade_tf.torch_checkpoint import CheckpointError, load_state_dict
+from clade_tf.torchio import reader as tc
+from clade_tf.torchio.reader import CheckpointError, load_state_dict
 
 ITEMSIZE = {"FloatStorage": 4, "DoubleStorage": 8, "HalfStorage": 2, "LongStorage": 8, "IntStorage": 4,
             "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1}

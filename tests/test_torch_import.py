@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from clade_tf import ConvEncoder
-from clade_tf.torch_checkpoint import CheckpointError, load_state_dict
+from clade_tf.torchio.reader import CheckpointError, load_state_dict
 from export import from_torch
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -55,13 +55,17 @@ def test_reader_refuses_code_execution_and_unneeded_globals(tmp_path):
         load_state_dict(fx("torch_odd_global.pth"))
 
 
-def test_reader_errors_for_legacy_and_non_checkpoints(tmp_path):
-    with pytest.raises(CheckpointError, match=r"legacy \(pre-1.6, non-zip\) torch checkpoint"):
-        load_state_dict(fx("torch_legacy.pth"))
+def test_reader_reads_legacy_and_names_non_checkpoints(tmp_path):
+    # the legacy (torch < 1.6, non-zip) format goes to the legacy reader instead of being refused
+    expected = np.load(fx("torch_legacy_expected.npz"))
+    got = load_state_dict(fx("torch_legacy.pth"))
+    assert sorted(got) == sorted(expected.files)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"hello world")
-    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a torch checkpoint .neither a zip archive .* nor a legacy"):
         load_state_dict(str(junk))
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_state_dict(str(tmp_path))
     with pytest.raises(FileNotFoundError):
         load_state_dict(str(tmp_path / "missing.pth"))
 

@@ -8,7 +8,6 @@ mIoU and pixel accuracy of a segmenter on generated images.
     kid_mean, kid_std = kernel_inception_distance(real, fake)
 """
 
-from clade_tf.metrics.checkpoint import read_state_dict
 from clade_tf.metrics.features import extract_features, image_files, image_folder_dataset, load_image
 from clade_tf.metrics.fid import fid_from_features, frechet_distance, load_stats, save_stats, statistics
 from clade_tf.metrics.inception import (
@@ -27,7 +26,7 @@ from clade_tf.metrics.segmentation import ConfusionMatrix, segmentation_scores
 
 __all__ = [
     "FEATURE_DIM", "WEIGHTS_FILE", "WEIGHTS_URL", "FIDPreprocess", "WeightsError", "build_fid_inception",
-    "fid_inception", "fold_batch_norm", "load_fid_weights", "read_state_dict", "extract_features", "image_files",
+    "fid_inception", "fold_batch_norm", "load_fid_weights", "extract_features", "image_files",
     "image_folder_dataset", "load_image", "statistics", "frechet_distance", "fid_from_features", "save_stats",
     "load_stats", "kernel_inception_distance", "ConfusionMatrix", "segmentation_scores",
 ]

@@ -26,8 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from clade_tf.metrics.checkpoint import read_state_dict
-from clade_tf.torch_checkpoint import CheckpointError
+from clade_tf.torchio.reader import CheckpointError, load_state_dict
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -230,7 +229,7 @@ def load_fid_weights(model, path):
                                 f"{WEIGHTS_FILE}, from {WEIGHTS_URL} (download it yourself: nothing is "
                                 "downloaded here)")
     try:
-        state = read_state_dict(path)
+        state = load_state_dict(path)
     except CheckpointError as e:
         raise WeightsError(f"{e}; expected pytorch-fid's {WEIGHTS_FILE} from {WEIGHTS_URL}") from None
     entries = _torch_entries(model)

@@ -5,7 +5,7 @@ Names are those of the official tzt101/CLADE (NVlabs/SPADE) modules, e.g.
 `discriminator_0.model1.0.0.weight_u`, `fc_mu.weight`. Layout conversions:
 conv weights OIHW -> HWIO; Linear `(out, in)` -> `(in, out)`; spectral-norm `v`
 from PyTorch's `(in, kh, kw)` flattening to ours `(kh, kw, in)`; `u` unchanged.
-Reading `.pth` files themselves is separate (it needs no torch either).
+`clade_tf.torchio.reader.load_state_dict` reads the `.pth` files themselves (no torch either).
 """
 
 import numpy as np
@@ -91,7 +91,9 @@ class _Loader:
             self.conv(norm.mlp_gamma_conv, prefix + ".mlp_gamma")
             self.conv(norm.mlp_beta_conv, prefix + ".mlp_beta")
         elif isinstance(norm, AffineNorm):
-            raise ValueError("norm mode 'none' has no official counterpart")
+            # A ValueError like every other misfit: the network's norm mode, not an argument's type, is wrong.
+            raise ValueError(  # noqa: TRY004
+                "norm mode 'none' has no official counterpart")
 
     def finish(self, strict):
         """Raises one error naming every problem; returns the unused keys when not strict."""

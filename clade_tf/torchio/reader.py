@@ -1,10 +1,19 @@
-"""Read PyTorch `torch.save` state dicts (zip format) without torch, safely.
+"""Read PyTorch `torch.save` state dicts without torch, safely, in either serialization.
 
-A checkpoint is a zip holding `<name>/data.pkl` (a pickle) and `<name>/data/<key>`
-(raw tensor storages). A pickle can run arbitrary code when loaded, so the
-unpickler here accepts only the handful of globals a state dict needs
-(`collections.OrderedDict`, the tensor-rebuild functions, storage types) and
-refuses anything else before it is called.
+The zip format (torch >= 1.6) is a zip holding `<name>/data.pkl` (a pickle) and
+`<name>/data/<key>` (raw tensor storages). The legacy format that torch < 1.6 wrote,
+the format of weight files published before 2020 (pytorch-fid's FID Inception among
+them), is five concatenated parts: three small pickles (a magic number, the protocol
+version 1001, a dict of platform facts), the state-dict pickle, whose storages are
+persistent ids `('storage', type, key, location, numel, view_metadata)`, a pickle of
+the sorted storage keys, then for each key an int64 little-endian element count and
+the storage's raw bytes. `load_state_dict` tells them apart by their first bytes.
+
+A pickle can run arbitrary code when loaded, so the state-dict pickle of both formats
+goes through one unpickler that accepts only the handful of globals a state dict
+needs (`collections.OrderedDict`, the tensor-rebuild functions, storage types) and
+refuses anything else before it is called; the legacy header and key list may hold
+plain data only.
 
 The file is untrusted in its metadata too. Each storage record must hold exactly
 the declared number of elements of a supported dtype. Each tensor view is checked
@@ -15,7 +24,7 @@ elements than its storage (a zero-stride broadcast) only up to
 `MAX_BROADCAST_ELEMENTS`, and all tensors of one file together at most
 `MAX_TOTAL_FACTOR` times the elements of the storages they use plus
 `MAX_BROADCAST_ELEMENTS`, so a small file cannot make the reader allocate
-without bound. Every refusal is a one-line `CheckpointError`.
+without bound. Every refusal is a one-line `CheckpointError` naming the file.
 """
 
 import collections
@@ -24,6 +33,7 @@ import lzma
 import math
 import os
 import pickle
+import pickletools
 import zipfile
 import zlib
 
@@ -32,6 +42,8 @@ import numpy as np
 MAX_DIMS = 64  # numpy's limit
 MAX_BROADCAST_ELEMENTS = 2**24
 MAX_TOTAL_FACTOR = 16
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -193,6 +205,102 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return st
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """For the header and key-list pickles: plain data only, no globals, no persistent ids."""
+
+    def find_class(self, module, name):
+        what = f"{module}.{name}"
+        what = what if what.isprintable() else _short(what)  # keep the error on one readable line
+        raise _Bad(f"the header refers to the global {what}; a legacy checkpoint's header is plain data")
+
+    def persistent_load(self, pid):
+        raise _Bad("the header holds a persistent id; a legacy checkpoint's header is plain data")
+
+
+class _LegacyUnpickler(_RestrictedUnpickler):
+    """The zip reader's restricted unpickler, fed the legacy six-element storage ids."""
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise _Bad(f"unexpected persistent id {_short(pid)}, expected "
+                      "('storage', type, key, location, numel, view_metadata)")
+        if pid[5] is not None:  # storage views: only torch < 0.4 wrote them
+            raise _Bad(f"storage {_short(pid[2])} is a view of another storage (torch < 0.4), "
+                      "which is not supported")
+        return super().persistent_load(pid[:5])
+
+
+def _pickle_end(data, start, what):
+    """Where the pickle starting at `start` ends, found by reading its opcodes, not running them."""
+    buf = io.BytesIO(data)  # shares the bytes; genops reports positions from buf.tell()
+    buf.seek(start)
+    try:
+        for op, _, pos in pickletools.genops(buf):
+            if op.name == "STOP":
+                return pos + 1
+    except (ValueError, EOFError, IndexError, KeyError, UnicodeDecodeError) as e:
+        raise _Bad(f"malformed {what} pickle ({type(e).__name__}: {_short(str(e), 120)})") from None
+    raise _Bad(f"the {what} pickle has no end")
+
+
+def _plain(data, start, what):
+    end = _pickle_end(data, start, what)
+    try:
+        return _PlainUnpickler(io.BytesIO(data[start:end])).load(), end
+    except _PICKLE_ERRORS as e:
+        raise _Bad(f"malformed {what} pickle ({type(e).__name__}: {_short(str(e), 120)})") from None
+
+
+def _unpickle(pkl, storage_record):
+    u = _LegacyUnpickler(pkl, storage_record)
+    try:
+        return u, u.load()
+    except _PICKLE_ERRORS as e:
+        raise _Bad(f"malformed state-dict pickle ({type(e).__name__}: {_short(str(e), 120)})") from None
+
+
+def _read_legacy(data):
+    pos = 0
+    magic, pos = _plain(data, pos, "magic-number")
+    if magic != LEGACY_MAGIC:
+        raise _Bad(f"magic number {_short(magic)}, expected {LEGACY_MAGIC:#x} (a legacy torch checkpoint)")
+    version, pos = _plain(data, pos, "protocol-version")
+    if version != LEGACY_PROTOCOL:
+        raise _Bad(f"protocol version {_short(version)}, expected {LEGACY_PROTOCOL}")
+    info, pos = _plain(data, pos, "platform")
+    if not isinstance(info, dict) or info.get("little_endian") is not True:
+        raise _Bad("big-endian (or unmarked) checkpoints are not supported")
+    start, pos = pos, _pickle_end(data, pos, "state-dict")
+    pkl = data[start:pos]
+
+    # First pass: which storages the state dict uses, and their types and sizes; their
+    # bytes follow the key list, so they are read only once these are known.
+    u, _ = _unpickle(pkl, lambda key, nbytes, what: b"")
+    storages = u._storages
+    keys, pos = _plain(data, pos, "storage-key")
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise _Bad(f"the storage-key list is {_short(keys)}, expected a list of str")
+    if sorted(set(keys)) != sorted(storages) or len(keys) != len(storages):
+        raise _Bad(f"the storage-key list {_short(keys)} does not match the "
+                  f"{len(storages)} storages the state dict uses")
+    raw = {}
+    for key in keys:
+        st = storages[key]
+        if pos + 8 > len(data):
+            raise _Bad(f"storage {key!r} is missing (the file ends at byte {len(data)})")
+        numel = int(np.frombuffer(data, "<i8", 1, pos)[0])
+        if numel != st.numel:
+            raise _Bad(f"storage {key!r} has {numel} elements, expected {st.numel} ({st.type.name})")
+        nbytes = numel * st.type.dtype.itemsize
+        if pos + 8 + nbytes > len(data):
+            raise _Bad(f"storage {key!r} ({numel} {st.type.name} elements) runs past the end of the file")
+        raw[key] = data[pos + 8:pos + 8 + nbytes]
+        pos += 8 + nbytes
+    if pos != len(data):
+        raise _Bad(f"{len(data) - pos} bytes follow the last storage")
+    return _unpickle(pkl, lambda key, nbytes, what: raw[key])[1]
+
+
 def _check_view(key, t):
     """Returns (size, stride, numel, end) of a tensor view, or raises _Bad naming the tensor."""
     st = t.storage
@@ -236,7 +344,7 @@ def _copy_view(t, size, stride, numel, end):
     return np.array(view)  # own, contiguous copy
 
 
-def _read_pickle(path):
+def _read_zip(path):
     with zipfile.ZipFile(path) as zf:
         infos = {i.filename: i for i in zf.infolist()}
         pkl = [n for n in infos if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -269,61 +377,64 @@ def _read_pickle(path):
             raise _Bad(f"malformed data.pkl ({type(e).__name__}: {_short(str(e), 120)})") from None
 
 
-def load_state_dict(path):
-    """Reads a `torch.save`d state dict (zip format) into `{name: numpy array}`.
+def _state_dict(obj):
+    """The `{name: numpy array}` of an unpickled state dict, after checking every entry and view."""
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise _Bad(f"expected a state dict, found {type(obj).__name__}")
+    checked, total, storages = [], 0, {}
+    for k, v in dict.items(obj):  # dict.items: a BUILD may have set an attribute named `items`
+        if not isinstance(k, str):
+            raise _Bad(f"entry key {_short(k)} is not a str")
+        if not isinstance(v, _Tensor):
+            raise _Bad(f"entry {k!r} is not a tensor")
+        view = _check_view(k, v)
+        total += view[2]
+        storages[v.storage.key] = v.storage.numel
+        checked.append((k, v, view))
+    # Views of one storage repeated many times could otherwise multiply a small file's size.
+    budget = MAX_TOTAL_FACTOR * sum(storages.values()) + MAX_BROADCAST_ELEMENTS
+    if total > budget:
+        raise _Bad(f"the tensors have {total} elements in all, more than {MAX_TOTAL_FACTOR} times their "
+                   f"storages' {sum(storages.values())} plus {MAX_BROADCAST_ELEMENTS}")
+    out = {}
+    for k, v, view in checked:
+        name = k.removeprefix("module.")  # DataParallel prefix
+        if name in out:
+            raise _Bad(f"entry {k!r} and another entry both give the name {name!r}")
+        out[name] = _copy_view(v, *view)
+    return out
 
-    Raises `CheckpointError` (a `ValueError`) for the legacy non-zip format, for
-    pickles that reference anything but what a state dict needs, for malformed
-    archives, storages or tensor views (see the module docstring for the checks and
-    limits); `FileNotFoundError` for a missing file.
+
+def load_state_dict(path):
+    """Reads a `torch.save`d state dict, zip or legacy format, into `{name: numpy array}`.
+
+    Raises `FileNotFoundError` for a missing file and `CheckpointError` (a `ValueError`)
+    for anything else that is not a readable state dict: pickles that reference anything
+    but what a state dict needs, malformed archives, storages or tensor views (see the
+    module docstring for the checks and limits).
     """
+    path = os.fspath(path)
     if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a folder; expected a torch checkpoint file (*_net_G.pth)")
+        raise CheckpointError(f"{path} is a folder; expected a torch checkpoint file (.pth)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"torch checkpoint not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:2] == b"\x80\x02" or head[:1] == b"\x80" and not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path}: legacy (pre-1.6, non-zip) torch checkpoint; re-save it with a current torch: "
-            "torch.save(torch.load(path), new_path)"
-        )
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a torch checkpoint (expected a zip archive with data.pkl)")
+        head = f.read(1)
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and head != b"\x80":  # every legacy file starts with a pickle's PROTO opcode
+        raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive with data.pkl, "
+                              "torch >= 1.6, nor a legacy pickle, torch < 1.6)")
     try:
-        try:
-            obj = _read_pickle(path)
-        except _Bad:
-            raise
-        except _ZIP_ERRORS as e:
-            raise _Bad(f"damaged zip archive ({type(e).__name__}: {_short(str(e), 120)})") from None
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict):
-            raise _Bad(f"expected a state dict, found {type(obj).__name__}")
-        # dict.items: a BUILD may have set an instance attribute named `items` on the OrderedDict.
-        entries = list(dict.items(obj))
-        checked, total, storages = [], 0, {}
-        for k, v in entries:
-            if not isinstance(k, str):
-                raise _Bad(f"entry key {_short(k)} is not a str")
-            if not isinstance(v, _Tensor):
-                raise _Bad(f"entry {k!r} is not a tensor")
-            view = _check_view(k, v)
-            total += view[2]
-            storages[v.storage.key] = v.storage.numel
-            checked.append((k, v, view))
-        # Views of one storage repeated many times could otherwise multiply a small file's size.
-        budget = MAX_TOTAL_FACTOR * sum(storages.values()) + MAX_BROADCAST_ELEMENTS
-        if total > budget:
-            raise _Bad(f"the tensors have {total} elements in all, more than {MAX_TOTAL_FACTOR} times their "
-                       f"storages' {sum(storages.values())} plus {MAX_BROADCAST_ELEMENTS}")
-        out = {}
-        for k, v, view in checked:
-            name = k.removeprefix("module.")  # DataParallel prefix
-            if name in out:
-                raise _Bad(f"entry {k!r} and another entry both give the name {name!r}")
-            out[name] = _copy_view(v, *view)
-        return out
+        if is_zip:
+            try:
+                obj = _read_zip(path)
+            except _ZIP_ERRORS as e:
+                raise _Bad(f"damaged zip archive ({type(e).__name__}: {_short(str(e), 120)})") from None
+        else:
+            with open(path, "rb") as f:
+                obj = _read_legacy(f.read())
+        return _state_dict(obj)
     except _Bad as e:
         raise CheckpointError(f"{path}: {e}") from None
