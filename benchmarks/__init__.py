@@ -1,5 +1,5 @@
-r"""Benchmarks of the CLADE generator and GAN (numbers for the README and
-benchmarks/BENCHMARKS.md, not tests). Each command prints a table, or one JSON object
+r"""Benchmarks of the CLADE generator and GAN (numbers for benchmarks/BENCHMARKS.md,
+not tests). Each command prints a table, or one JSON object
 with `--json`; `--help` shows every option with its default.
 
     python -m benchmarks.profile --preset ade20k [--use-vae] [--json]

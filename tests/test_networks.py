@@ -423,7 +423,7 @@ def test_profile_cli_json_small():
     assert out["preset"] == "synthetic" and out["input"] == "seg"
     assert set(out["modes"]) == {"none", "spade", "clade", "clade-icpe"}
     # the synthetic preset (64 x 64, ngf 16, 6 classes, instance edges) as the official code builds it;
-    # elementwise ops by their definition (README): x*g+b 2 per element, SPADE x*(1+g)+b 3, ICPE
+    # elementwise ops by their definition (docs/profile.md): x*g+b 2 per element, SPADE x*(1+g)+b 3, ICPE
     # adds g*(1+d) and b*(1+d), 2 per element plus the 2 additions of the one-channel d per pixel
     official = {mode: official_generator_counts(16, 6, "spade" if mode == "spade" else "clade", no_instance=False,
                                                 add_dist=mode == "clade-icpe", crop_size=64)

@@ -90,7 +90,7 @@ def test_source_and_preset():
 
 
 def test_segmenter_accuracy_on_real_images(real, scorer):
-    """Stated accuracy of the shipped segmenter on held-out real images (README)."""
+    """Stated accuracy of the shipped segmenter on held-out real images (benchmarks/BENCHMARKS.md)."""
     labels, instances, images = real
     m = scorer.score(images, labels, instances)
     assert m["pixel_accuracy"] >= 0.97 and m["miou"] >= 0.85, m

@@ -34,7 +34,7 @@ from clade_tf.inference import fold_for_inference
 from clade_tf.outdir import check_output, replace_directory
 
 FP32_TOLERANCE = 1e-4  # relative L2 vs Keras; measured 1e-7 (default run) to 2e-6 (test models)
-# Relative L2 vs the fp32 TFLite model. Measured on the default run (README, synthetic
+# Relative L2 vs the fp32 TFLite model. Measured on the default run (BENCHMARKS.md, synthetic
 # 64x64 trained 800 steps): fp16 1.7e-4, dynamic int8 1.1e-2 (1.4e-2, 9.6e-3 in earlier
 # runs), full int8 2.4e-2 (7.5e-2 before `clade_tf.inference` folded norm_1 into its conv
 # and looked the one-hot up); on the tests' unsaturated random-weight generators

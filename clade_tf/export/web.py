@@ -10,7 +10,7 @@ WebAssembly needs (any static host works too, single-threaded without those head
 
 Runtimes: `litert` runs the `.tflite` (the file a phone gets) with LiteRT.js (XNNPACK
 WebAssembly); `ort` runs the `.onnx` with onnxruntime-web (WebAssembly). Both are measured
-by `python -m benchmarks.web`; LiteRT.js is the default (see the README for the numbers).
+by `python -m benchmarks.web`; LiteRT.js is the default (the numbers: benchmarks/BENCHMARKS.md).
 """
 
 import functools
