@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from clade_tf.data import folders, pipeline, synthetic
+from clade_tf.data import folders, pipeline, sources, synthetic
 from clade_tf.data.icpe import flip_distance_map, icpe_distance_map, instance_edge_map
 
 RNG = np.random.default_rng(3)
@@ -190,7 +190,6 @@ def test_resize_and_crop_keeps_image_and_label_aligned_and_flips_dist(tmp_path):
 
 
 def test_cityscapes_layout_fixed_resize_and_alignment(tmp_path):
-    from clade_tf.data import sources
     from clade_tf.presets import get_preset
 
     root = str(tmp_path / "cityscapes")
@@ -251,8 +250,8 @@ def test_custom_layout_with_pipeline(tmp_path):
         write_png(f"{root}/labels/img{i}.png", lab)
         write_png(f"{root}/images/img{i}.png", label_coloured_image(lab))
     samples, _ = folders.list_samples("custom", root)
-    source = pipeline.FolderSource(samples, spec_for("custom", 5, False),
-                                   folders.Preprocess("resize_and_crop", 36, 32, 32, True), False, True)
+    source = sources.FolderSource(samples, spec_for("custom", 5, False),
+                                  folders.Preprocess("resize_and_crop", 36, 32, 32, True), False, True)
     ds = pipeline.make_dataset(source, 2, 32, 32, seed=0, use_dist=True, num_steps=3)
     batches = list(ds)
     assert len(batches) == 3
@@ -276,7 +275,7 @@ def custom_root(tmp_path, n=3, size=(20, 20), maxlab=5):
 
 def load(root, name, label_nc=5, palette=None, dontcare=False):
     samples, _ = folders.list_samples("custom", root)
-    s = [x for x in samples if os.path.basename(x.image).startswith(name)][0]
+    s = next(x for x in samples if os.path.basename(x.image).startswith(name))
     return folders.load_folder_sample(s, spec_for("custom", label_nc, dontcare, palette),
                                       folders.Preprocess("resize_and_crop", 20, 16, 16, False),
                                       np.random.default_rng(0), False, False)
@@ -345,10 +344,10 @@ def test_skip_bad_samples_reports_counts_and_substitutes_deterministically(tmp_p
         f.write(b"junk")
     samples, _ = folders.list_samples("custom", root)
     prep = folders.Preprocess("resize_and_crop", 20, 16, 16, False)
-    strict = pipeline.FolderSource(samples, spec_for("custom", 5, False), prep, False, False)
+    strict = sources.FolderSource(samples, spec_for("custom", 5, False), prep, False, False)
     with pytest.raises(Exception, match="s2.png: unreadable image"):
         list(pipeline.make_dataset(strict, 4, 16, 16, num_steps=1))
-    lenient = pipeline.FolderSource(samples, spec_for("custom", 5, False), prep, False, False, skip_bad=True)
+    lenient = sources.FolderSource(samples, spec_for("custom", 5, False), prep, False, False, skip_bad=True)
     seed, n = 5, 4
     a = list(pipeline.make_dataset(lenient, 2, 16, 16, seed=seed, num_steps=6))  # 3 epochs
     assert lenient.bad_count == 1

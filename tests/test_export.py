@@ -261,7 +261,7 @@ def make_synthetic_run(tmp_path, norm="clade-icpe", **data):
 
 
 def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
-    from clade_tf.data import pipeline
+    from clade_tf.data import pipeline, sources
 
     from clade_tf.export import converters
 
@@ -286,8 +286,8 @@ def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
     # the calibration inputs are the first 5 samples of the run's training stream
     (names, [calib]), = seen
     assert names == ["label", "instance", "dist"] and sorted(calib) == sorted(names)
-    source = pipeline.SyntheticSource(TINY.num_classes, 32, 32, rcfg.data.synthetic_length, rcfg.seed,
-                                      use_dist=True)
+    source = sources.SyntheticSource(TINY.num_classes, 32, 32, rcfg.data.synthetic_length, rcfg.seed,
+                                     use_dist=True)
     ds = pipeline.make_dataset(source, 5, 32, 32, seed=rcfg.seed, shuffle=True, use_instance=True,
                                use_dist=True, num_steps=1)
     first = next(iter(ds))
@@ -436,7 +436,7 @@ def test_fp16_and_int8_are_measured_against_fp32_tflite(tmp_path, monkeypatch, c
 def test_int8_calibration_with_weights_uses_the_presets_data(tiny_synthetic, tmp_path, monkeypatch, capsys):
     """--weights + --preset: synthetic data needs no files, a folder preset is read from
     --calibration-dataroot."""
-    from clade_tf.data import pipeline
+    from clade_tf.data import pipeline, sources
     from clade_tf.export import converters
 
     seen = []
@@ -460,7 +460,7 @@ def test_int8_calibration_with_weights_uses_the_presets_data(tiny_synthetic, tmp
     assert report["calibration"] == "synthetic data (4 samples)" and report["formats"]["model_int8.tflite"]["ok"]
     # the first 4 samples of the stream `python -m train --dataset synthetic` trains on
     rcfg = tiny_synthetic.run_config("clade", param_free_norm="batch")
-    source = pipeline.SyntheticSource(cfg.num_classes, 32, 32, rcfg.data.synthetic_length, rcfg.seed)
+    source = sources.SyntheticSource(cfg.num_classes, 32, 32, rcfg.data.synthetic_length, rcfg.seed)
     first = next(iter(pipeline.make_dataset(source, 4, 32, 32, seed=rcfg.seed, shuffle=True, use_instance=True,
                                             num_steps=1)))
     (names, [calib]), = seen

@@ -510,10 +510,10 @@ def test_checkpoints_config_and_exports_are_flushed_before_they_are_renamed(tmp_
 # --- 11: --label-nc auto and --skip-bad-samples ----------------------------------------
 
 def test_label_nc_auto_honours_skip_bad_samples_and_reports_each_sample_once(tmp_path, capfd):
-    from clade_tf.data import pipeline
+    from clade_tf.data import report
     from train.cli import build_parser, resolve
 
-    pipeline._REPORTED.clear()
+    report.forget_reported()
     write_custom(tmp_path / "d", n=3, bad_label=2, orphan=True)
     args = ["--dataset", "custom", "--dataroot", str(tmp_path / "d"), "--label-nc", "auto",
             "--out", str(tmp_path / "r")]

@@ -7,8 +7,8 @@ import textwrap
 import pytest
 
 EARLY_EXIT = textwrap.dedent("""
-    from clade_tf.data import pipeline
-    src = pipeline.SyntheticSource(6, 32, 32, length=256, seed=0, use_dist=True)
+    from clade_tf.data import pipeline, sources
+    src = sources.SyntheticSource(6, 32, 32, length=256, seed=0, use_dist=True)
     it = iter(pipeline.make_dataset(src, 4, 32, 32, use_instance=True, use_dist=True))
     for _ in range(3):
         next(it)
@@ -105,7 +105,7 @@ def test_cache_gives_the_batches_of_the_raw_files(ade_folder, ade_cache, mode):
 
     import numpy as np
 
-    from clade_tf.data.cache import CacheSource
+    from clade_tf.data.sources import CacheSource
     from clade_tf.presets import get_preset
 
     data = get_preset("ade20k").data_config(dataroot=ade_folder)
@@ -137,7 +137,7 @@ def _copy_cache(src, tmp_path):
 
 
 def _open(cache, data_dir, **kw):
-    from clade_tf.data.cache import CacheSource
+    from clade_tf.data.sources import CacheSource
     from clade_tf.presets import get_preset
 
     data = get_preset("ade20k").data_config(dataroot=data_dir, **kw)
@@ -174,7 +174,8 @@ def test_cache_refuses_changed_sources_and_missing_maps(ade_folder, tmp_path):
     import os
     import shutil
 
-    from clade_tf.data.cache import CacheError, CacheSource, prepare
+    from clade_tf.data.cache import CacheError, prepare
+    from clade_tf.data.sources import CacheSource
     from clade_tf.presets import get_preset
 
     folder = str(tmp_path / "data")

@@ -294,12 +294,12 @@ EQUIVALENCE = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from clade_tf import Generator, GeneratorConfig, MultiscaleDiscriminator, DiscriminatorConfig
-    from clade_tf.data import pipeline
+    from clade_tf.data import pipeline, sources
     from clade_tf.gan import CladeGAN
 
     gcfg = GeneratorConfig(num_classes=6, image_height=32, image_width=32, ngf=8,
                            param_free_norm="syncbatch", use_instance=True)
-    src = pipeline.SyntheticSource(6, 32, 32, length=8, seed=0)
+    src = sources.SyntheticSource(6, 32, 32, length=8, seed=0)
     ds = pipeline.make_dataset(src, 4, 32, 32, seed=0, use_instance=True, num_steps=1)
 
     def make(strategy, init=None):

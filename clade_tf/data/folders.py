@@ -2,8 +2,8 @@
 official preprocessing, on numpy/PIL.
 
 Every problem with a sample raises `BadSample` naming the file and what was
-expected; the pipeline either stops on it or, when asked to skip bad samples,
-reports and counts it.
+expected; the stream (`clade_tf.data.pipeline`) either stops on it or, when asked to
+skip bad samples, reports and counts it (`sources.FolderSource`).
 """
 
 import dataclasses
@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from clade_tf.data.icpe import flip_distance_map, icpe_distance_map
+from clade_tf.data.report import report_once
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -245,8 +246,6 @@ def remap_label(raw, spec, path="<array>"):
 def scan_label_classes(samples, palette=None, skip_bad=False):
     """Sorted unique class values over all label files (for `--label-nc auto`); with
     `skip_bad` an unreadable label map is reported (once) and left out, as training does."""
-    from clade_tf.data.pipeline import report_once
-
     values = set()
     spec = LabelSpec("custom", 1 << 30, False, palette)
     for s in samples:

@@ -1,107 +1,26 @@
-"""tf.data pipelines with an exact, resumable data position.
+"""The deterministic sample stream: `tf.data` batches with an exact, resumable position.
 
 Sample `k` of epoch `e` is `perm_e[k]`, with `perm_e` a permutation seeded by
 `(seed, e)`, and its augmentation RNG seeded by `(seed, e, index)`. A run's data
 position is therefore just its step count: resuming at step `s` rebuilds the
 stream from sample `s * batch_size` and sees exactly the batches an
 uninterrupted run would have seen.
+
+Two streams follow that rule: `make_dataset` over any sample source (`len`,
+`load(index, rng)`, see `clade_tf.data.sources`), and `make_cache_dataset` over a
+prepared cache, read and cropped in TensorFlow ops. The sources themselves live in
+`clade_tf.data.sources`.
 """
 
 import atexit
 import functools
 import gc
-import sys
 import threading
 
 import numpy as np
 import tensorflow as tf
 
-from clade_tf.data import folders, scenes, synthetic
-from clade_tf.data.icpe import icpe_distance_map
-
-
-class SyntheticSource:
-    """The embedded procedural dataset (`length` samples per epoch)."""
-
-    def __init__(self, num_classes, height, width, length=1024, seed=0, use_dist=False):
-        self.num_classes, self.height, self.width = num_classes, height, width
-        self.length, self.seed, self.use_dist = int(length), int(seed), use_dist
-        self.bad_count = 0
-
-    def __len__(self):
-        return self.length
-
-    def make_sample(self, index):
-        return synthetic.make_sample(self.seed, int(index), self.num_classes, self.height, self.width)
-
-    def load(self, index, rng):
-        s = self.make_sample(index)
-        if self.use_dist:
-            s["dist"] = icpe_distance_map(s["label"])
-        return s
-
-
-class ScenesSource(SyntheticSource):
-    """The `synthetic-scenes` dataset (`clade_tf.data.scenes`), `length` samples per epoch."""
-
-    def __init__(self, height, width, length=1024, seed=0, use_dist=False):
-        super().__init__(scenes.NUM_CLASSES, height, width, length, seed, use_dist)
-
-    def make_sample(self, index):
-        return scenes.make_sample(self.seed, int(index), self.height, self.width)
-
-
-class FolderSource:
-    """A real dataset on disk (see `folders.list_samples`).
-
-    With `skip_bad=True` a bad sample is reported once on stderr, counted in
-    `bad_count`, and replaced by the next sample of the epoch's order
-    (deterministic, so resume stays exact); otherwise it raises `BadSample`.
-    """
-
-    def __init__(self, samples, spec, prep, use_instance, use_dist, skip_bad=False, where="the dataset"):
-        if not samples:
-            raise ValueError(f"{where}: no usable samples")
-        self.where = where
-        self.samples = list(samples)
-        self.spec, self.prep = spec, prep
-        self.use_instance, self.use_dist = use_instance, use_dist
-        self.skip_bad = skip_bad
-        self.bad = {}
-        self._lock = threading.Lock()
-
-    @property
-    def bad_count(self):
-        return len(self.bad)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def load(self, index, rng):
-        s = self.samples[int(index)]
-        return folders.load_folder_sample(s, self.spec, self.prep, rng, self.use_instance, self.use_dist)
-
-    def report_bad(self, index, err):
-        with self._lock:
-            if index not in self.bad:
-                self.bad[index] = str(err)
-                report_once(f"skipping bad sample ({len(self.bad)} so far): {err}", key=str(err))
-
-
-_REPORTED = set()
-_REPORTED_LOCK = threading.Lock()
-
-
-def report_once(message, key=None):
-    """Prints `message` on stderr once per process (keyed by `key`): the training data,
-    the sample batch and `--label-nc auto` each open the same folder."""
-    key = message if key is None else key
-    with _REPORTED_LOCK:
-        if key in _REPORTED:
-            return
-        _REPORTED.add(key)
-    print(message, file=sys.stderr)
-
+from clade_tf.data.folders import BadSample, crop_params
 
 _DATASETS_MADE = threading.Event()
 
@@ -124,6 +43,7 @@ def _release_iterators():
 
 
 def keys_for(use_instance, use_dist):
+    """The maps a batch carries: `image`, `label`, then `instance` and `dist` when asked."""
     keys = ["image", "label"]
     if use_instance:
         keys.append("instance")
@@ -136,6 +56,7 @@ _DTYPES = {"image": tf.float32, "label": tf.int32, "instance": tf.int32, "dist":
 
 
 def steps_per_epoch(source, batch_size):
+    """Whole batches per epoch (the last, partial batch of an epoch is never read)."""
     n = len(source)
     if n < batch_size:
         raise ValueError(f"the dataset has {n} samples, fewer than the batch size {batch_size}")
@@ -156,7 +77,12 @@ def sample_rng(seed, epoch, index):
 
 def make_dataset(source, batch_size, height, width, seed=0, start_step=0, shuffle=True,
                  use_instance=False, use_dist=False, num_steps=None):
-    """Batches from global step `start_step` on (forever, or `num_steps` batches)."""
+    """Batches of `source` from global step `start_step` on (forever, or `num_steps` batches).
+
+    A `BadSample` stops the stream, unless the source has `skip_bad` set: then it is
+    passed to `source.report_bad` and the next sample of the epoch's order is read in
+    its place (deterministic, so resume stays exact).
+    """
     _DATASETS_MADE.set()
     spe = steps_per_epoch(source, batch_size)
     per_epoch = spe * batch_size
@@ -177,7 +103,7 @@ def make_dataset(source, batch_size, height, width, seed=0, start_step=0, shuffl
             try:
                 s = source.load(index, rng)
                 break
-            except folders.BadSample as e:
+            except BadSample as e:
                 if not getattr(source, "skip_bad", False):
                     raise
                 source.report_bad(index, e)
@@ -203,3 +129,55 @@ def make_dataset(source, batch_size, height, width, seed=0, start_step=0, shuffl
     ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_cache_dataset(cache, batch_size, seed=0, start_step=0, num_steps=None, shuffle=True):
+    """The batches `make_dataset` gives for a prepared cache (`sources.CacheSource`), read
+    and cropped in TensorFlow ops (parallel, outside the GIL).
+
+    Python only draws each epoch's order and crop offsets, once per epoch, with the same
+    `epoch_order`, `sample_rng` and `folders.crop_params` as the raw-file path: both paths
+    give the same batches, bit for bit, for the same seed.
+    """
+    _DATASETS_MADE.set()
+    n = len(cache)
+    per_epoch = steps_per_epoch(cache, batch_size) * batch_size
+    start = int(start_step) * batch_size
+    size = cache.layout.size
+
+    def epochs():
+        epoch, k = divmod(start, per_epoch)
+        while True:
+            order = epoch_order(n, seed, epoch, shuffle)[k:per_epoch]
+            params = [crop_params(cache.prep, size, sample_rng(seed, epoch, int(i))) for i in order]
+            yield (order.astype(np.int64), np.array([p[0] for p in params], np.int32),
+                   np.array([p[1] for p in params], np.int32), np.array([p[2] for p in params], bool))
+            epoch, k = epoch + 1, 0
+
+    spec = (tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.bool))
+    table = tf.data.Dataset.from_generator(epochs, output_signature=spec).unbatch()
+    if num_steps is not None:
+        table = table.take(int(num_steps) * batch_size)
+    files = tf.constant(cache.files)
+    parts = {k: (off, nb, shape, dtype) for k, off, nb, shape, dtype in cache.layout.parts()}
+    ch, cw = cache.prep.crop_height, cache.prep.crop_width
+    keys = cache.keys
+
+    def load(index, x0, y0, flip):
+        blob = tf.io.read_file(tf.gather(files, index))
+        out = {}
+        for k in keys:
+            off, nb, shape, dtype = parts[k]
+            a = tf.reshape(tf.io.decode_raw(tf.strings.substr(blob, off, nb), tf.as_dtype(dtype)), shape)
+            a = a[y0:y0 + ch, x0:x0 + cw]
+            a = tf.cond(flip, lambda a=a: tf.reverse(a, [1]), lambda a=a: a)
+            if k == "dist":
+                a = tf.cond(flip, lambda a=a: a * tf.constant([1.0, -1.0]), lambda a=a: a)
+            elif k == "image":
+                a = tf.cast(a, tf.float32) / 127.5 - 1.0
+            out[k] = tf.ensure_shape(a, [ch, cw, *shape[2:]])
+        return out
+
+    ds = table.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
