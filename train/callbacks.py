@@ -11,6 +11,52 @@ from clade_tf.config import MonitorConfig
 from clade_tf.data import synthetic
 from clade_tf.gan import NonFiniteError
 
+# sample grids saved as PNG are enlarged (nearest neighbour) until a tile is at least this many
+# pixels tall: the procedural datasets' 64-px tiles are too small to judge at their size
+GRID_TILE_PIXELS = 256
+
+
+def enlarge_grid(grid, tile_height):
+    """`grid` (uint8 `[H, W, 3]` of `tile_height`-pixel tiles) repeated pixel by pixel until a
+    tile is `GRID_TILE_PIXELS` tall (not at all when it already is)."""
+    factor = max(1, GRID_TILE_PIXELS // int(tile_height))
+    return grid.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else grid
+
+
+class SampleQuality:
+    """A quality number of the generator on the fixed sample batch that needs nothing
+    downloaded: `fn(fake images in [-1, 1], batch) -> float`, printed as `name` and logged
+    to TensorBoard as `tag`."""
+
+    def __init__(self, name, tag, fn):
+        self.name, self.tag, self.fn = name, tag, fn
+
+    def __call__(self, fake, batch):
+        return float(self.fn(fake, batch))
+
+
+def sample_quality(dataset, num_classes):
+    """The `SampleQuality` of a procedural dataset: `synthetic`'s fidelity, `synthetic-scenes`'
+    mIoU by the shipped segmenter (`clade_tf.metrics.scenes`); None for the others (their
+    numbers come from `--eval-every`)."""
+    if dataset == "synthetic":
+        return SampleQuality("synthetic fidelity", "synthetic/fidelity",
+                             lambda fake, batch: synthetic.fidelity(fake, batch["label"], num_classes))
+    if dataset == "synthetic-scenes":
+        from clade_tf import viz
+        from clade_tf.data import scenes
+        from clade_tf.metrics import scenes as scene_metrics
+        from clade_tf.metrics.segmentation import ConfusionMatrix
+
+        segmenter = scene_metrics.load_segmenter()
+
+        def miou(fake, batch):
+            ids, _ = scene_metrics.segment(segmenter, viz.to_uint8(fake))
+            return ConfusionMatrix(scenes.NUM_CLASSES).update(ids, batch["label"]).mean_iou()
+
+        return SampleQuality("synthetic-scenes mIoU (shipped segmenter)", "synthetic_scenes/miou", miou)
+    return None
+
 
 def current_lr(opt):
     """The optimizer's learning rate now (schedules evaluated; works on distributed variables)."""
@@ -30,8 +76,9 @@ class RunMonitor(keras.callbacks.Callback):
         total_steps: the run's step total; training stops there.
         sample_batch: a fixed batch (dict of numpy arrays) for image grids.
         colours: palette for the label column.
-        num_classes: for the synthetic fidelity measure.
-        synthetic_data: log the synthetic fidelity measure.
+        num_classes: the generator's classes.
+        quality: a `SampleQuality` printed at the start and end and logged with every sample
+            grid (`sample_quality`), or None.
         monitor: a `MonitorConfig` (intervals in steps).
         is_chief: only the chief writes (multi-worker).
         progress: show a progress bar of the global step (first step -> total).
@@ -42,13 +89,13 @@ class RunMonitor(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, gan, start_step, total_steps, sample_batch, colours, num_classes,
-                 synthetic_data, monitor: MonitorConfig, is_chief=True, progress=False, grid_rows=6,
+                 quality, monitor: MonitorConfig, is_chief=True, progress=False, grid_rows=6,
                  evaluator=None, eval_every=0):
         super().__init__()
         self.run_dir, self.gan, self.total = run_dir, gan, int(total_steps)
         self.step = int(start_step)
         self.sample_batch, self.colours, self.num_classes = sample_batch, colours, num_classes
-        self.synthetic_data = synthetic_data
+        self.quality = quality or None
         self.grid_rows = grid_rows
         self.log_every, self.image_every = monitor.log_every, monitor.image_every
         self.checkpoint_every, self.is_chief = monitor.checkpoint_every, is_chief
@@ -56,8 +103,8 @@ class RunMonitor(keras.callbacks.Callback):
         self._bar = None
         logdir = run_dir.file("logs", "train") if is_chief else None
         self.writer = tf.summary.create_file_writer(logdir) if is_chief else None
-        self.last_fidelity = None
-        self.initial_fidelity = None
+        self.last_quality = None
+        self.initial_quality = None
         self._sample_fn = None
         self.evaluator, self.eval_every = evaluator, eval_every
         self._eval_fn = None
@@ -95,33 +142,34 @@ class RunMonitor(keras.callbacks.Callback):
         return self._sample_fn(inputs).numpy()
 
     def evaluate_samples(self, step, write=True):
-        """Generates the sample grid (and fidelity); returns (grid, fidelity or None)."""
+        """Generates the sample grid (and the quality number); returns (grid, quality or None).
+        The PNG in `samples/` is the grid enlarged (`enlarge_grid`); TensorBoard gets it as is."""
         fake = self._generate(self.sample_batch)
         b = self.sample_batch
         r = self.grid_rows
         grid = viz.sample_grid(b["label"][:r], fake[:r], b["image"][:r], self.colours)
-        fid = None
-        if self.synthetic_data:
-            fid = synthetic.fidelity(fake, b["label"], self.num_classes)
-            self.last_fidelity = fid
+        value = None
+        if self.quality is not None:
+            value = self.quality(fake, b)
+            self.last_quality = value
         if write and self.writer is not None:
             with self.writer.as_default(step=step):
                 tf.summary.image("samples/label_generated_real", grid[None], max_outputs=1)
-                if fid is not None:
-                    tf.summary.scalar("synthetic/fidelity", fid)
+                if value is not None:
+                    tf.summary.scalar(self.quality.tag, value)
             self.writer.flush()
             samples = self.run_dir.file("samples")
             os.makedirs(samples, exist_ok=True)
-            viz.save_png(os.path.join(samples, f"step_{step:07d}.png"), grid)
-        return grid, fid
+            viz.save_png(os.path.join(samples, f"step_{step:07d}.png"), enlarge_grid(grid, b["label"].shape[1]))
+        return grid, value
 
     def on_train_begin(self, logs=None):
         step = self.step
         if step == 0:
-            _, fid = self.evaluate_samples(0)
-            self.initial_fidelity = fid
-            if fid is not None:
-                print(f"synthetic fidelity at initialisation: {fid:.3f}")
+            _, value = self.evaluate_samples(0)
+            self.initial_quality = value
+            if value is not None:
+                print(f"{self.quality.name} at initialisation: {value:.3f}")
         if self.progress:
             print(f"steps {step + 1}..{self.total}; the first step compiles the training graph, "
                   "so it takes longer than the rest")
@@ -166,8 +214,8 @@ class RunMonitor(keras.callbacks.Callback):
         step = self.step
         if self.is_chief:
             self.run_dir.save_checkpoint(self.gan, step)
-        _, fid = self.evaluate_samples(step)
-        if fid is not None:
-            print(f"synthetic fidelity at step {step}: {fid:.3f}")
+        _, value = self.evaluate_samples(step)
+        if value is not None:
+            print(f"{self.quality.name} at step {step}: {value:.3f}")
         if self.writer is not None:
             self.writer.flush()

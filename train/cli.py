@@ -1,8 +1,15 @@
 """Command line of the training application: flags -> `RunConfig` -> `train.run.run`."""
 
-import argparse
 import os
 import sys
+
+from clade_tf.cli import (
+    ArgumentParser,
+    datasets,
+    exit_code,
+    import_tensorflow,
+    positive_int,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -14,27 +21,35 @@ command continues the run from its newest checkpoint (after a crash you lose at 
 one checkpoint interval); --steps is the run's total, so a larger --steps extends it.
 """
 
-DATASETS = ("synthetic", "synthetic-scenes", "ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff", "custom")
+# what clade_tf.data.folders.list_samples reads; an empty or misplaced --dataroot points here
+LAYOUTS = """folder layouts of --dataroot (the official ones; the validation parts are optional):
+  ade20k, ade20k-outdoor  images/**/*_train_*.jpg and annotations/**/*_train_*.png, paired by name
+                          (ADE_train_00000001.jpg ...); *_val_* files are the validation split
+  cityscapes              leftImg8bit/train/<city>/*_leftImg8bit.png, gtFine/train/<city>/*_gtFine_labelIds.png
+                          (and *_gtFine_instanceIds.png); val/ instead of train/ for validation
+  coco-stuff              train_img/*.jpg, train_label/*.png (and train_inst/*.png); val_img/ ... for validation
+  custom                  images/, labels/*.png (and instances/*.png with --use-instance), paired by name;
+                          val_images/, val_labels/ for validation
+"""
 DEFAULT_SYNTHETIC_STEPS = 800
 
 
 def build_parser():
-    from clade_tf.cli import HelpFormatter
     from clade_tf.config import DataConfig, MonitorConfig, OptimConfig
     from train.run import STRATEGIES
 
     o, m, d = OptimConfig(), MonitorConfig(), DataConfig()
-    p = argparse.ArgumentParser(prog="python -m train", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m train", description=DESCRIPTION, epilog=LAYOUTS)
     a = p.add_argument
-    a("--dataset", default="synthetic", choices=DATASETS, help="dataset preset and folder layout")
+    a("--dataset", default="synthetic", choices=datasets(), help="dataset preset and folder layout")
     a("--dataroot", help="dataset folder (official layout of --dataset; not used by synthetic)")
     a("--norm", default="clade", choices=("clade", "clade-icpe", "spade"), help="generator normalization")
     a("--param-free-norm", default="syncbatch", choices=("syncbatch", "batch", "instance"),
       help="parameter-free normalization inside CLADE/SPADE")
-    a("--batch-size", type=int, help="global batch size (default: the preset's; synthetic 8, others 1)")
-    a("--steps", type=int, help=f"total optimizer steps of the run (default: {DEFAULT_SYNTHETIC_STEPS} for "
+    a("--batch-size", type=positive_int, help="global batch size (default: the preset's; synthetic 8, others 1)")
+    a("--steps", type=positive_int, help=f"total optimizer steps of the run (default: {DEFAULT_SYNTHETIC_STEPS} for "
       "synthetic; other datasets need --steps or --epochs)")
-    a("--epochs", type=int, help="total epochs instead of --steps (steps = epochs x samples // batch)")
+    a("--epochs", type=positive_int, help="total epochs instead of --steps (steps = epochs x samples // batch)")
     a("--out", help="run directory (default: runs/<dataset>-<norm>)")
     a("--resume", action="store_true", help="continue the run in --out; fail if it has no checkpoint "
       "(without it, an existing checkpoint is continued too)")
@@ -54,10 +69,10 @@ def build_parser():
     a("--lambda-feat", type=float, default=o.lambda_feat, help="feature matching weight")
     a("--lambda-vgg", type=float, default=o.lambda_vgg, help="VGG loss weight")
     a("--lambda-kld", type=float, default=o.lambda_kld, help="KL divergence weight in VAE mode")
-    a("--checkpoint-every", type=int, default=m.checkpoint_every, metavar="N",
+    a("--checkpoint-every", type=positive_int, default=m.checkpoint_every, metavar="N",
       help="checkpoint every N steps (and at the end)")
-    a("--log-every", type=int, default=m.log_every, metavar="N", help="TensorBoard scalars every N steps")
-    a("--image-every", type=int, default=m.image_every, metavar="N", help="TensorBoard sample grid every N steps")
+    a("--log-every", type=positive_int, default=m.log_every, metavar="N", help="TensorBoard scalars every N steps")
+    a("--image-every", type=positive_int, default=m.image_every, metavar="N", help="TensorBoard sample grid every N steps")
     a("--cache", metavar="DIR", help="read the training split from this prepared cache (python -m train.prepare) "
       "instead of decoding the files")
     a("--skip-bad-samples", action="store_true",
@@ -76,7 +91,7 @@ def build_parser():
     g.add_argument("--eval-every", type=int, default=0, metavar="N",
                    help="score the generator every N steps on the validation split (the training split, "
                         "unaugmented, when there is none); 0: never. The best by FID is kept in <out>/best/")
-    g.add_argument("--eval-images", type=int, default=500, metavar="N", help="images scored each time")
+    g.add_argument("--eval-images", type=positive_int, default=500, metavar="N", help="images scored each time")
     g.add_argument("--inception-weights", metavar="FILE",
                    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a local file)")
     g.add_argument("--real-stats", metavar="FILE",
@@ -84,7 +99,7 @@ def build_parser():
     g.add_argument("--segmenter", metavar="FILE", help="exported segmenter for mIoU (python -m evaluate run --help)")
     g.add_argument("--segmenter-size", type=int, nargs=2, metavar=("H", "W"), help="its input size")
     g.add_argument("--class-map", metavar="FILE", help="JSON list: the dataset class of each segmenter class")
-    a("--synthetic-length", type=int, default=d.synthetic_length, help="samples per epoch of the synthetic dataset")
+    a("--synthetic-length", type=positive_int, default=d.synthetic_length, help="samples per epoch of the synthetic dataset")
     return p
 
 
@@ -113,6 +128,9 @@ def resolve(args):
                             f"{args.dataset} has {get_preset(args.dataset).label_nc} classes fixed by the preset")
     if args.dataset not in PROCEDURAL_DATASETS and not args.dataroot:
         problems.append(f"--dataset {args.dataset} needs --dataroot DIR")
+    elif args.dataroot and args.dataset in PROCEDURAL_DATASETS:
+        problems.append(f"--dataroot {args.dataroot}: --dataset {args.dataset} is generated in memory and reads "
+                        f"no folder; give --dataset with the folder's layout ({', '.join(datasets(True))})")
     elif args.dataroot and not os.path.isdir(args.dataroot):
         problems.append(f"--dataroot {args.dataroot} does not exist")
     if args.cache and args.dataset in PROCEDURAL_DATASETS:
@@ -123,11 +141,6 @@ def resolve(args):
         problems.append("give --steps or --epochs, not both")
     elif args.steps is None and args.epochs is None and args.dataset not in PROCEDURAL_DATASETS:
         problems.append(f"--dataset {args.dataset}: give --steps or --epochs")
-    for name in ("steps", "epochs", "batch_size", "checkpoint_every", "log_every", "image_every",
-                 "synthetic_length", "eval_images"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            problems.append(f"--{name.replace('_', '-')} {value}: expected >= 1")
     if args.vgg_weights and not os.path.isfile(args.vgg_weights):
         problems.append(f"VGG19 weights file not found: {args.vgg_weights!r}; pass --vgg-weights with a local "
                         "copy of vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 (nothing is downloaded)")
@@ -201,6 +214,7 @@ def resolve_label_nc(args):
 
 
 def main(argv=None):
+    import_tensorflow()  # first: TensorFlow's start-up lines held to TF_CPP_MIN_LOG_LEVEL
     import tensorflow as tf
 
     from clade_tf.data.folders import BadSample
@@ -213,26 +227,18 @@ def main(argv=None):
         cfg, out, strategy, resume_required = resolve(args)
         summary = run(cfg, out, strategy=strategy, resume_required=resume_required,
                       peer_timeout=args.peer_timeout)
-    except (UsageError, BadSample, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (NonFiniteError, RunLockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except CheckpointWriteError as e:
         print(f"error: {e.strerror}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         # h5py's objects of a failed write crash the interpreter's shutdown; nothing is left to save
         os._exit(1)
-    except OSError as e:  # e.g. the disk filled up while writing logs or generator.keras
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    except tf.errors.InvalidArgumentError as e:
+    except tf.errors.InvalidArgumentError as e:  # a bad sample met inside the tf.data stream
         msg = e.message.strip().splitlines()
         bad = [m for m in msg if "BadSample" in m or "label value" in m or "unreadable" in m]
         print(f"error: {(bad or msg)[0]}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 (exit_code re-raises what it does not report)
+        return exit_code(e, usage=(UsageError, BadSample), failures=(NonFiniteError, RunLockedError))
     if summary.get("nothing_to_do"):
         print(f"{summary['run_dir']} is already at step {summary['final_step']} of --steps "
               f"{summary['total_steps']}: nothing to do (a larger --steps extends the run)")
@@ -241,8 +247,8 @@ def main(argv=None):
           f"({summary['steps_per_second']:.2f} steps/s)")
     if summary.get("best_fid") is not None:
         print(f"best FID {summary['best_fid']:.3f} (generator in {summary['run_dir']}/best/)")
-    if summary.get("fidelity_final") is not None:
-        init = summary.get("fidelity_init")
-        print(f"synthetic fidelity: {init if init is None else round(init, 3)} at init -> "
-              f"{summary['fidelity_final']:.3f} now")
+    if summary.get("quality_final") is not None:
+        init = summary.get("quality_init")
+        print(f"{summary['quality_name']}: {init if init is None else round(init, 3)} at init -> "
+              f"{summary['quality_final']:.3f} now")
     return 0

@@ -10,22 +10,25 @@ them (+0.33 MB with instance maps). Training still draws the random crop and fli
 epoch, exactly as from the files.
 """
 
-import argparse
 import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from clade_tf.cli import (
+    ArgumentParser,
+    datasets,
+    exit_code,
+    import_tensorflow,
+    positive_int,
+)
 
-DATASETS = ("ade20k", "ade20k-outdoor", "cityscapes", "coco-stuff", "custom")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_parser():
-    from clade_tf.cli import HelpFormatter
-
-    p = argparse.ArgumentParser(prog="python -m train.prepare", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m train.prepare", description=__doc__)
     a = p.add_argument
-    a("--dataset", required=True, choices=DATASETS, help="dataset preset and folder layout")
+    a("--dataset", required=True, choices=datasets(folders_only=True), help="dataset preset and folder layout")
     a("--dataroot", required=True, help="dataset folder (official layout of --dataset)")
     a("--out", required=True, help="cache folder to create (must not exist)")
     a("--icpe", action="store_true", help="include the positional maps CLADE-ICPE needs")
@@ -34,11 +37,12 @@ def build_parser():
     a("--use-instance", action="store_true", help="custom datasets: read instance maps")
     a("--palette", help="custom datasets with RGB colour masks: colour -> class file")
     a("--skip-bad-samples", action="store_true", help="leave bad samples out (reported) instead of stopping")
-    a("--workers", type=int, default=os.cpu_count() or 1, help="processes decoding in parallel")
+    a("--workers", type=positive_int, default=os.cpu_count() or 1, help="processes decoding in parallel")
     return p
 
 
 def main(argv=None):
+    import_tensorflow()
     from clade_tf.config import ConfigError
     from clade_tf.data.cache import CacheError, prepare
     from clade_tf.data.folders import BadSample
@@ -49,8 +53,6 @@ def main(argv=None):
     try:
         if not os.path.isdir(args.dataroot):
             raise CacheError(f"--dataroot {args.dataroot} does not exist")
-        if args.workers < 1:
-            raise CacheError(f"--workers {args.workers}: expected >= 1")
         check_writable(args.out)
         custom = args.dataset == "custom"
         preset = resolve_preset(args.dataset, args.label_nc if custom else None, args.contain_dontcare and custom,
@@ -65,9 +67,8 @@ def main(argv=None):
 
         m = prepare(data, (preset.image_height, preset.image_width), args.out, preset.use_instance, args.icpe,
                     workers=args.workers, progress=progress)
-    except (CacheError, ConfigError, BadSample, OutputError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 (exit_code re-raises what it does not report)
+        return exit_code(e, failures=(CacheError, ConfigError, BadSample, OutputError), where=args.out)
     mb = len(m["files"]) * m["sample_bytes"] / 2**20
     print(f"wrote {args.out}: {len(m['files'])} samples at {m['size'][0]}x{m['size'][1]} ({', '.join(m['keys'])}), "
           f"{mb:.0f} MB, in {time.perf_counter() - t0:.0f} s")

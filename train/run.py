@@ -17,9 +17,9 @@ from clade_tf.data import pipeline, sources
 from clade_tf.gan import build_gan
 from clade_tf.outdir import OutputError, check_writable
 from clade_tf.rundir import RunDirectory, WeightsError
-from train.callbacks import RunMonitor
+from train.callbacks import RunMonitor, enlarge_grid, sample_quality
 
-NUM_SAMPLE_IMAGES = 32  # the fixed batch of sample grids and the synthetic fidelity
+NUM_SAMPLE_IMAGES = 32  # the fixed batch of sample grids and their quality number
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 
 
@@ -147,11 +147,12 @@ def check_run_dir(run_dir: RunDirectory, cfg: RunConfig):
 
 
 def tensorboard_hint(out):
-    """A command that starts TensorBoard on the run's parent folder, runnable as printed."""
+    """A command that starts TensorBoard on this run, runnable as printed. (Not on the run's
+    parent: for `--out /x/run` that may be a whole home folder or checkout, all of it scanned.)"""
     python = sys.executable
     if python.startswith(os.getcwd() + os.sep):
         python = os.path.relpath(python)  # .venv/bin/python, as the README's setup makes it
-    return f"{python} -m tensorboard.main --logdir {os.path.dirname(out.rstrip('/')) or '.'}"
+    return f"{python} -m tensorboard.main --logdir {os.path.normpath(out)}"
 
 
 def run(cfg: RunConfig, out, strategy="auto", resume_required=False, verbose=1, peer_timeout=600.0):
@@ -203,8 +204,6 @@ def _run(cfg, run_dir, strategy, chief, resume_required, verbose):
     out = run_dir.path
     keras.utils.set_random_seed(cfg.seed)
     o = cfg.optim
-    if o.vgg_weights is None and verbose:
-        print("notice: no --vgg-weights given, the VGG19 perceptual loss is off")
     source = sources.make_source(cfg.data, cfg.generator, cfg.seed)
     spe = pipeline.steps_per_epoch(source, o.batch_size)
     if o.batch_size % strategy.num_replicas_in_sync:
@@ -241,10 +240,15 @@ def _run(cfg, run_dir, strategy, chief, resume_required, verbose):
 
         evaluator = Evaluator(cfg.evaluation, cfg.data, cfg.generator, seed=cfg.seed)
         evaluator.prepare()  # the real statistics, once
+    quality = sample_quality(cfg.data.dataset, cfg.generator.num_classes)
     monitor = RunMonitor(run_dir, gan, start, o.steps, batch, colours, cfg.generator.num_classes,
-                         cfg.data.dataset == "synthetic", cfg.monitor, chief, progress=verbose > 0,
+                         quality, cfg.monitor, chief, progress=verbose > 0,
                          evaluator=evaluator, eval_every=cfg.evaluation.every)
     if verbose and chief:
+        # here, once the data, the networks and the checkpoint are known to be good: a notice
+        # printed earlier would stand above the error of a run that never starts
+        if o.vgg_weights is None:
+            print("notice: no --vgg-weights given, the VGG19 perceptual loss is off")
         print(f"watch it: {tensorboard_hint(out)}")
     t_fit = time.time()
     # The data stream is positioned by the step, so one "epoch" of exactly the steps
@@ -255,9 +259,10 @@ def _run(cfg, run_dir, strategy, chief, resume_required, verbose):
     if chief:
         run_dir.save_generator(gan.generator)
         grid, _ = monitor.evaluate_samples(final, write=False)
-        viz.save_png(run_dir.file("samples_final.png"), grid)
+        viz.save_png(run_dir.file("samples_final.png"), enlarge_grid(grid, batch["label"].shape[1]))
     summary.update(final_step=final, seconds=time.time() - t0, fit_seconds=fit_seconds,
                    steps_per_second=(final - start) / max(fit_seconds, 1e-9),
-                   fidelity_init=monitor.initial_fidelity, fidelity_final=monitor.last_fidelity,
+                   quality_name=quality.name if quality else None, quality_init=monitor.initial_quality,
+                   quality_final=monitor.last_quality,
                    best_fid=monitor.best_fid, last_metrics=monitor.last_metrics)
     return summary
