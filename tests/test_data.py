@@ -381,3 +381,46 @@ def test_scan_label_classes(tmp_path):
     samples, _ = folders.list_samples("custom", root)
     classes = folders.scan_label_classes(samples)
     assert 9 in classes and set(classes) <= {0, 1, 2, 9}
+
+
+def test_the_package_names_are_their_owners():
+    """Each public name of `clade_tf.data` is the object of the one module that defines it."""
+    import importlib
+
+    from clade_tf import data
+
+    assert sorted(data.__all__) == sorted(data._EXPORTS) and set(data.__all__) <= set(dir(data))
+    for name, module in data._EXPORTS.items():
+        value = getattr(data, name)
+        assert value is getattr(importlib.import_module(module), name)
+        assert value.__module__ == module, f"{name} is defined in {value.__module__}, listed under {module}"
+    assert data.CacheSource is sources.CacheSource and data.make_dataset is pipeline.make_dataset
+    with pytest.raises(AttributeError, match="'clade_tf.data' has no attribute 'SyntheticDataset'"):
+        data.SyntheticDataset  # noqa: B018
+
+
+def test_the_numpy_side_imports_without_tensorflow():
+    """The procedural datasets, the folder layouts and the prepared cache's writer need no
+    TensorFlow (`python -m train.prepare` and the browser demo's examples use them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import clade_tf.data, clade_tf.data.cache, clade_tf.data.folders, clade_tf.data.icpe\n"
+            "import clade_tf.data.report, clade_tf.data.scenes, clade_tf.data.synthetic\n"
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_report_once_prints_each_message_once_per_key(capsys):
+    from clade_tf.data import report
+
+    report.forget_reported()
+    assert report.report_once("skipping: a.png") and not report.report_once("skipping: a.png")
+    assert report.report_once("skipping bad sample (1 so far): b.png", key="b.png")
+    assert not report.report_once("skipping bad sample (2 so far): b.png", key="b.png")
+    report.forget_reported()
+    assert report.report_once("skipping: a.png")
+    assert capsys.readouterr().err.splitlines() == [
+        "skipping: a.png", "skipping bad sample (1 so far): b.png", "skipping: a.png"]
