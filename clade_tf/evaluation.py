@@ -102,9 +102,9 @@ class Segmenter:
             import tensorflow as tf
 
             f = tf.saved_model.load(path).signatures["serving_default"]
-            name = list(f.structured_input_signature[1])[0]
+            name = next(iter(f.structured_input_signature[1]))
             return lambda x: next(iter(f(**{name: tf.constant(x)}).values())).numpy()
-        except Exception as e:  # the runtimes raise their own types for corrupt files
+        except Exception as e:  # noqa: BLE001 - the runtimes raise their own types for corrupt files
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(f"{path}: cannot load the segmenter ({first})") from None
 
@@ -136,17 +136,24 @@ def nearest_resize_labels(labels, size):
 class Evaluator:
     """Scores generators on the first `cfg.images` samples of `cfg.split`.
 
-    The FID Inception and the real statistics are prepared once (`prepare`), so a
-    training run can evaluate often. `progress(done, total)` is called per batch."""
+    FID / KID need the FID Inception (`cfg.inception_weights`), mIoU a segmenter
+    (`cfg.segmenter`); either alone is enough, and what is not computed is `None` in the
+    metrics with the reason in `metrics["skipped"]`. The Inception and the real
+    statistics are prepared once (`prepare`), so a training run can evaluate often.
+    `progress(done, total)` is called per batch."""
 
     def __init__(self, cfg: EvalConfig, data: DataConfig, generator: GeneratorConfig, seed=0):
         from clade_tf.metrics import fid_inception, load_stats
 
-        if not cfg.inception_weights:
-            raise ValueError("evaluation needs the FID Inception weights: pass --inception-weights "
-                             "pt_inception-2015-12-05-6726825d.pth (a local file; nothing is downloaded)")
+        if not cfg.inception_weights and not cfg.segmenter:
+            raise ValueError("nothing to score: pass --inception-weights pt_inception-2015-12-05-6726825d.pth "
+                             "(a local file; nothing is downloaded) for FID / KID, --segmenter FILE for mIoU, "
+                             "or both")
+        if cfg.real_stats and not cfg.inception_weights:
+            # the statistics are Inception features: without the network they would be ignored
+            raise ValueError(f"--real-stats {cfg.real_stats}: FID statistics need --inception-weights FILE too")
         self.cfg, self.data, self.gen_cfg, self.seed = cfg, data, generator, seed
-        self.inception = fid_inception(cfg.inception_weights)
+        self.inception = fid_inception(cfg.inception_weights) if cfg.inception_weights else None
         self.real_features = None
         self.real_source = None
         if cfg.real_stats:
@@ -171,10 +178,11 @@ class Evaluator:
             return sources.make_source(self.data, self.gen_cfg, self.seed, phase="train", augment=False)
 
     def prepare(self, progress=None):
-        """Computes the real statistics from the training split when none were given."""
+        """Computes the real statistics from the training split when none were given (and
+        FID is scored)."""
         from clade_tf.metrics import extract_features, statistics
 
-        if self.mu is not None:
+        if self.mu is not None or self.inception is None:
             return
         source = sources.make_source(self.data, self.gen_cfg, self.seed, phase="train", augment=False)
         n = min(self.cfg.real_images, len(source))
@@ -228,16 +236,23 @@ class Evaluator:
                     progress(done, self.num_images)
                 yield images
 
-        features = extract_features(self.inception, fakes())
-        mu, sigma = statistics(features)
-        metrics = {"images": int(len(features)), "split": self.cfg.split,
-                   "fid": float(frechet_distance(self.mu, self.sigma, mu, sigma))}
-        if self.real_features is not None:
-            size = min(1000, len(features), len(self.real_features))
-            kid_mean, kid_std = kernel_inception_distance(self.real_features, features, subset_size=size)
-            metrics.update(kid_mean=float(kid_mean), kid_std=float(kid_std))
+        if self.inception is None:
+            n = sum(len(images) for images in fakes())  # the segmenter scores them as they are made
+            reason = "no Inception weights named (--inception-weights)"
+            metrics = {"images": n, "split": self.cfg.split, "fid": None, "kid_mean": None, "kid_std": None,
+                       "skipped": {"fid": reason, "kid": reason}}
         else:
-            metrics.update(kid_mean=None, kid_std=None)  # KID needs the real features, not their statistics
+            features = extract_features(self.inception, fakes())
+            mu, sigma = statistics(features)
+            metrics = {"images": len(features), "split": self.cfg.split,
+                       "fid": float(frechet_distance(self.mu, self.sigma, mu, sigma))}
+            if self.real_features is not None:
+                size = min(1000, len(features), len(self.real_features))
+                kid_mean, kid_std = kernel_inception_distance(self.real_features, features, subset_size=size)
+                metrics.update(kid_mean=float(kid_mean), kid_std=float(kid_std))
+            else:  # KID needs the real features, not their statistics
+                metrics.update(kid_mean=None, kid_std=None,
+                               skipped={"kid": "the real statistics file holds no features (--real-stats)"})
         if cm is not None:
             metrics.update(miou=cm.mean_iou(), pixel_accuracy=cm.pixel_accuracy(),
                            iou=[None if np.isnan(v) else float(v) for v in cm.iou()])
@@ -248,11 +263,13 @@ class Evaluator:
     def provenance(self):
         """What the numbers were computed with (paths and checksums), for `metrics.json`."""
         c = self.cfg
-        out = {"inception_weights": {"path": c.inception_weights, "sha256": sha256(c.inception_weights)}}
-        if c.real_stats:
-            out["real_stats"] = {"path": c.real_stats, "sha256": sha256(c.real_stats)}
-        else:
-            out["real_stats"] = {"computed_from": self.real_source}
+        out = {"inception_weights": None, "real_stats": None}  # no FID scored
+        if c.inception_weights:
+            out["inception_weights"] = {"path": c.inception_weights, "sha256": sha256(c.inception_weights)}
+            if c.real_stats:
+                out["real_stats"] = {"path": c.real_stats, "sha256": sha256(c.real_stats)}
+            else:
+                out["real_stats"] = {"computed_from": self.real_source}
         if c.segmenter:
             out["segmenter"] = {"path": c.segmenter, "sha256": sha256(c.segmenter),
                                 "input_size": list(self.segmenter.size), "range": c.segmenter_range,

@@ -5,13 +5,17 @@ mIoU and pixel accuracy with a semantic segmenter.
     python -m evaluate stats FOLDER --out stats.npz --inception-weights FILE [--size H W]
     python -m evaluate run --run runs/synthetic-clade --inception-weights FILE --out evals/synthetic-clade
     python -m evaluate run --model exports/ade20k/model_fp32.tflite --dataset ade20k --dataroot DIR \\
-        --real-stats ade20k_train_256.npz [--segmenter seg.onnx --segmenter-size 256 256] --out evals/ade
+        --inception-weights FILE --real-stats ade20k_train_256.npz [--segmenter seg.onnx --segmenter-size 256 256] \\
+        --out evals/ade
+    python -m evaluate run --run runs/synthetic-clade --segmenter seg.onnx --out evals/miou   (mIoU only)
 
 PATH_A / PATH_B are folders of images or statistics files (.npz with mu and sigma, the
 layout of pytorch-fid, so statistics work in both directions). Images are resized to
 299x299 inside the network, as pytorch-fid does. The FID Inception weights are the
 file pytorch-fid uses (pt_inception-2015-12-05-6726825d.pth, from pytorch-fid's GitHub
-releases); it is read from the local file you name, never downloaded.
+releases); it is read from the local file you name, never downloaded. `run` scores FID / KID
+with --inception-weights and mIoU with --segmenter: one of the two is enough (without the
+Inception, FID and KID are skipped and metrics.json says why).
 """
 
 import argparse
@@ -35,9 +39,10 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m evaluate", description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(q):
-        q.add_argument("--inception-weights", required=True, metavar="FILE",
-                       help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a local file)")
+    def common(q, required=True):
+        q.add_argument("--inception-weights", required=required, metavar="FILE",
+                       help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a local file)" + (
+                           "" if required else "; without it only the --segmenter's scores, no FID / KID"))
         q.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
 
     f = sub.add_parser("fid", help="FID (and KID) between two image folders or statistics files",
@@ -78,7 +83,7 @@ def build_parser():
     r.add_argument("--seed", type=int, default=0, help="seed of z for VAE generators")
     r.add_argument("--out", required=True, help="folder to write (metrics.json, samples.png)")
     r.add_argument("--force", action="store_true", help="replace an earlier evaluation in --out")
-    common(r)
+    common(r, required=False)
     r.set_defaults(batch_size=e.batch_size)
     return p
 
@@ -237,6 +242,11 @@ def cmd_run(args):
     from clade_tf.evaluation import Evaluator
     from clade_tf.outdir import check_output, replace_directory
 
+    if not args.inception_weights and not args.segmenter:
+        raise UsageError("nothing to score: give --inception-weights FILE (FID / KID), --segmenter FILE (mIoU), "
+                         "or both")
+    if args.real_stats and not args.inception_weights:
+        raise UsageError(f"--real-stats {args.real_stats}: FID statistics need --inception-weights FILE too")
     check_output(args.out, "evaluation", args.force)  # before minutes of work
     generate, gen_cfg, data, weights = load_model(args)
     cfg = EvalConfig(images=args.images or 10**9, split=args.split, inception_weights=args.inception_weights,
@@ -252,12 +262,16 @@ def cmd_run(args):
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(record, f, indent=2)
         viz.save_png(os.path.join(tmp, "samples.png"), grid)
-    line = f"FID {metrics['fid']:.3f}"
+    scores = []
+    if metrics["fid"] is not None:
+        scores.append(f"FID {metrics['fid']:.3f}")
     if metrics.get("kid_mean") is not None:
-        line += f"  KID {metrics['kid_mean']:.5f} +- {metrics['kid_std']:.5f}"
+        scores.append(f"KID {metrics['kid_mean']:.5f} +- {metrics['kid_std']:.5f}")
     if "miou" in metrics:
-        line += f"  mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_accuracy']:.4f}"
-    print(f"{line}  ({metrics['images']} images)")
+        scores.append(f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    print(f"{'  '.join(scores)}  ({metrics['images']} images)")
+    if metrics["fid"] is None:
+        print(f"FID and KID skipped: {metrics['skipped']['fid']}")
     print(f"wrote {args.out} (metrics.json, samples.png)")
     return 0
 

@@ -127,7 +127,6 @@ def constant_segmenter(path, num_classes, size=32):
 
 def test_evaluate_run_writes_metrics_with_provenance_and_the_segmenter_scores(weights, tiny_run, tmp_path,
                                                                               monkeypatch, capsys):
-    from clade_tf.data import sources
     from evaluate.__main__ import main
 
     monkeypatch.setitem(presets.PRESETS, "synthetic", TINY)
@@ -140,16 +139,61 @@ def test_evaluate_run_writes_metrics_with_provenance_and_the_segmenter_scores(we
     assert m["images"] == 6 and m["fid"] > 0 and m["kid_mean"] is not None
     assert m["generator"]["weights"].endswith("ckpt-1/generator.weights.h5") and len(m["generator"]["sha256"]) == 64
     assert m["inception_weights"]["sha256"] and m["segmenter"]["path"] == seg
-    # the constant segmenter: pixel accuracy is the share of class-0 pixels, the IoU of class 0 that share too
-    source = sources.make_source(cfg.data, cfg.generator, cfg.seed, phase="val", augment=False)
-    labels = np.stack([source.load(i, np.random.default_rng(0))["label"] for i in range(6)])
-    share = float((labels == 0).mean())
-    assert m["pixel_accuracy"] == pytest.approx(share)
-    assert m["iou"][0] == pytest.approx(share) and all(v in (0.0, None) for v in m["iou"][1:])
+    check_constant_segmenter_scores(m, cfg, 6)
     assert (out / "samples.png").is_file()
     # an evaluation replaces an evaluation only with --force
     assert main(["run", "--run", tiny_run.path, "--inception-weights", weights, "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def check_constant_segmenter_scores(m, cfg, n):
+    """The constant segmenter's scores on the first `n` validation images: pixel accuracy is the
+    share of class-0 pixels, the IoU of class 0 that share too, every other IoU 0 or undefined."""
+    from clade_tf.data import sources
+
+    source = sources.make_source(cfg.data, cfg.generator, cfg.seed, phase="val", augment=False)
+    labels = np.stack([source.load(i, np.random.default_rng(0))["label"] for i in range(n)])
+    share = float((labels == 0).mean())
+    assert 0 < share < 1  # else the check below could not tell a right count from a wrong one
+    assert m["pixel_accuracy"] == pytest.approx(share)
+    assert m["iou"][0] == pytest.approx(share) and all(v in (0.0, None) for v in m["iou"][1:])
+
+
+def test_evaluate_run_with_a_segmenter_needs_no_inception(tiny_run, tmp_path, monkeypatch, capsys):
+    """mIoU alone: FID and KID are skipped, and the output and metrics.json say why."""
+    from evaluate.__main__ import main
+
+    monkeypatch.setitem(presets.PRESETS, "synthetic", TINY)
+    cfg = tiny_run.read_config()
+    seg = constant_segmenter(tmp_path / "seg", cfg.generator.num_classes)
+    out = tmp_path / "ev"
+    assert main(["run", "--run", tiny_run.path, "--images", "6", "--segmenter", seg, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "FID and KID skipped: no Inception weights named (--inception-weights)" in printed
+    assert "mIoU" in printed and "FID " not in printed.replace("FID and KID skipped", "")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["images"] == 6 and m["fid"] is None and m["kid_mean"] is None
+    assert m["skipped"]["fid"].startswith("no Inception weights named")
+    assert m["inception_weights"] is None and m["real_stats"] is None and m["segmenter"]["path"] == seg
+    check_constant_segmenter_scores(m, cfg, 6)
+    assert (out / "samples.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["neither", "real stats without the inception"])
+def test_evaluate_run_without_anything_to_score_is_one_line(case, tiny_run, tmp_path, capsys):
+    from evaluate.__main__ import main
+
+    argv = ["run", "--run", tiny_run.path, "--out", str(tmp_path / "ev")]
+    if case == "neither":
+        expected = "nothing to score: give --inception-weights FILE (FID / KID), --segmenter FILE (mIoU), or both"
+    else:
+        np.savez(tmp_path / "real.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+        argv += ["--real-stats", str(tmp_path / "real.npz"), "--segmenter", str(tmp_path / "seg")]
+        expected = f"--real-stats {tmp_path / 'real.npz'}: FID statistics need --inception-weights FILE too"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert errors(err) == [f"error: {expected}"] and "Traceback" not in err, err
+    assert not os.path.exists(tmp_path / "ev")
 
 
 class StubEvaluator:
