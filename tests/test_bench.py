@@ -3,11 +3,14 @@ shipped layer computes, the commands' help, and the tf2onnx memory workaround le
 tf2onnx as it found it."""
 
 import argparse
+import ast
+import itertools
 import os
 import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -17,7 +20,6 @@ import tensorflow as tf
 from benchmarks import guard, int8, latency, ops, profile, train_step, variants
 from clade_tf import Generator, GeneratorConfig
 from clade_tf.export import converters, example_inputs
-from clade_tf.inference import fold_for_inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +90,7 @@ def test_lookup_variants_equal_the_folded_generator(variant, use_instance):
     x = {k: tf.constant(v) for k, v in example_inputs(cfg, 2, seed=0)[0].items()}
     g(x, training=True)  # BatchNorm statistics to fold
     ref = g.features(x, training=False).numpy()
-    fn, names = variants._trace(fold_for_inference(g), variant)
+    fn, names = variants.trace_variant(g, variant)
     out = fn(*[x[n][:1] for n in names])["image"].numpy()
     want = np.tanh(ref[:1])
     assert np.abs(out - want).max() < 1e-4 * max(1.0, np.abs(want).max())
@@ -168,19 +170,118 @@ def test_every_option_has_a_help_text_and_shows_its_default(module, capsys):
         assert "(default:" in entry, entry
 
 
-@pytest.mark.parametrize("folder, others", [
-    ("clade_tf", "train|export|evaluate|benchmarks"), ("train", "export|evaluate|benchmarks"),
-    ("export", "train|evaluate|benchmarks"), ("benchmarks", "train|export|evaluate"),
-    ("evaluate", "train|export|benchmarks"),
-])
-def test_applications_import_only_the_library(folder, others):
-    """The library imports no application; each application only the library (and itself)."""
-    pattern = re.compile(rf"^\s*(from|import)\s+({others})(\.|\s|$)", re.MULTILINE)
+APPLICATIONS = ("train", "export", "evaluate", "benchmarks")
+# code in a string: an import statement at the start of a line or after ";" (for f-string
+# pieces that do not parse on their own)
+_CODE_IMPORT = re.compile(r"(?:^|[;\n])[ \t]*(?:from\s+([A-Za-z_][\w.]*)\s+import\b|import\s+([A-Za-z_][\w.]*))")
+# a command in a string: "-m NAME" opening it, alone or after the interpreter ("python -m export
+# ...", f"{sys.executable} -m export ..."); "-m" inside a sentence is prose naming a command
+_RUN_MODULE = re.compile(r"^\s*(?:[\w./\\-]*python[\d.]*\s+)?-m\s+([A-Za-z_][\w.]*)")
+
+
+def _docstrings(tree):
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    return docs
+
+
+def _modules_in_string(text):
+    try:
+        code = ast.parse(text)
+    except (SyntaxError, ValueError):
+        code = None
+    if code is not None and any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(code)):
+        names = [name for _, name in _modules_used(code)]
+    else:
+        names = [a or b for a, b in _CODE_IMPORT.findall(text)]
+    return names + _RUN_MODULE.findall(text)
+
+
+def _modules_used(tree):
+    """(line, module) for every module a parsed file imports or runs: import statements at any
+    depth, importlib.import_module / __import__ / runpy.run_module of a constant name, command
+    lists with "-m", NAME, and code or commands inside string constants (docstrings aside)."""
+    docs = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module] if node.level == 0 and node.module else []
+        elif isinstance(node, ast.Call):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            first = node.args[0] if node.args else None
+            if func in ("import_module", "__import__", "run_module") and isinstance(first, ast.Constant) \
+                    and isinstance(first.value, str):
+                names = [first.value]
+        elif isinstance(node, (ast.List, ast.Tuple)):
+            items = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            names = [b for a, b in itertools.pairwise(items) if a == "-m" and isinstance(b, str)]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            names = _modules_in_string(node.value)
+        found += [(getattr(node, "lineno", 0), name) for name in names]
+    return found
+
+
+def applications_used(path):
+    """Sorted (line, application) pairs of the applications a .py file imports or runs."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    return sorted({(line, name.split(".")[0]) for line, name in _modules_used(tree)
+                   if name.split(".")[0] in APPLICATIONS})
+
+
+@pytest.mark.parametrize("folder", ["clade_tf", *APPLICATIONS])
+def test_applications_import_only_the_library(folder):
+    """The library imports no application; each application only the library (and itself),
+    also not in a child process (code strings, `-m` command lines)."""
+    bad = []
     for root, _, files in os.walk(os.path.join(ROOT, folder)):
-        for name in files:
+        for name in sorted(files):
             if name.endswith(".py"):
-                with open(os.path.join(root, name)) as f:
-                    assert not pattern.search(f.read()), os.path.join(root, name)
+                path = os.path.join(root, name)
+                bad += [f"{os.path.relpath(path, ROOT)}:{line}: {app}" for line, app in applications_used(path)
+                        if app != folder]
+    assert not bad, bad
+
+
+def test_the_import_rule_catches_an_application_in_a_code_string(tmp_path):
+    """The checker sees applications imported or run however a file does it, and not the
+    commands a message or docstring names."""
+    path = tmp_path / "offender.py"
+    path.write_text(textwrap.dedent('''
+        """Run with python -m export afterwards."""
+        import subprocess
+        import sys
+
+
+        def child(argv):
+            """Exports in a child: from export import main."""
+            code = f"import sys; from export.__main__ import main; sys.exit(main({argv!r}))"
+            subprocess.run([sys.executable, "-c", code])
+            subprocess.run([sys.executable, "-m", "evaluate", "fid"])
+            subprocess.run(f"{sys.executable} -m train --steps 1", shell=True)
+            exec("import benchmarks.guard")
+
+
+        def lazily():
+            import importlib
+
+            return importlib.import_module("train.run")
+
+
+        def message(run):
+            return f"{run}: not a run directory of python -m train (or python -m export.from_torch)"
+    '''))
+    assert applications_used(path) == [(9, "export"), (11, "evaluate"), (12, "train"), (13, "benchmarks"),
+                                       (19, "train")]
+    path.write_text("import clade_tf\nCODE = 'from clade_tf.cli import exit_code'\n")
+    assert applications_used(path) == []
 
 
 def test_train_step_reports_each_mode_and_precision(monkeypatch):
