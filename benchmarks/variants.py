@@ -36,11 +36,13 @@ order, N pairs: the median per-pair ratio cancels the machine's drift, which the
 fresh-process rounds (±10-20 % on a shared box) do not. `--profile` adds each
 model's per-op profile (as `benchmarks.ops`).
 
-The variants are swapped in by overriding methods on the folded model's layers only
-while tracing; nothing here changes the library.
+Each variant is an `InferenceGenerator` subclass whose blocks or folded CLADE norms
+compute the lookup differently (`variant_classes`), plugged into the factories the
+shipped model is built with; the library's layers are not changed.
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -59,76 +61,111 @@ ONLY_IN = {"nchwc": "onnx", "hoisted": "tflite-fp32"}
 VARIANT_FORMATS = ("tflite-fp32", "onnx")
 
 
-def _trace(folded, variant, ordered_lookups=True):
-    """A serving function of `folded` with the CLADE lookup computed as `variant`, for
-    TFLite (lookups ordered after their layer's input, as exported) or not."""
-    import types
+@functools.cache
+def variant_classes():
+    """`{variant: InferenceGenerator subclass}`: each variant built through the factories
+    `clade_tf.inference` builds the shipped model with (`InferenceGenerator.block_class`,
+    `InferenceResnetBlock.folded_clade_norm`), so the library's layers stay as they are.
 
+    Defined on first use: the classes need TensorFlow, which the guard and the timing
+    children never import."""
     import tensorflow as tf
 
-    from clade_tf.export import serving_function
-    from clade_tf.layers.normalization import ClassAdaptiveNorm
+    from clade_tf.inference import (
+        FoldedClassAdaptiveNorm,
+        InferenceGenerator,
+        InferenceResnetBlock,
+    )
 
-    norms = [l for l in folded._flatten_layers() if isinstance(l, ClassAdaptiveNorm)]
-    if variant == "fused":
+    class FusedNorm(FoldedClassAdaptiveNorm):
+        """One `[K, 2C]` table, one gather, split into gamma and beta."""
+
         def modulation(self, label, dist=None, dtype="float32"):
             table = tf.concat([self.gamma, self.beta], axis=1)
             return tuple(tf.split(tf.gather(table, label), 2, axis=-1))
 
-        for n in norms:
-            n.modulation = types.MethodType(modulation, n)
-    elif variant == "shared":
+    class SharedNorm(FoldedClassAdaptiveNorm):
+        """Its gamma[label], beta[label]: a slice of its resolution's one gather (`SharedGenerator`)."""
+
+        shared_lookup = None
+
         def modulation(self, label, dist=None, dtype="float32"):
-            return self._shared
+            return self.shared_lookup
 
-        for n in norms:
-            n.modulation = types.MethodType(modulation, n)
-        features = folded.features
+    class NchwcNorm(FoldedClassAdaptiveNorm):
+        """gamma[label] and beta[label] each through an identity 1x1 depthwise conv."""
 
-        def shared_features(inputs, training=None):
-            levels = folded.pyramid(inputs)
+        def modulation(self, label, dist=None, dtype="float32"):
+            ones = tf.ones([1, 1, int(self.gamma.shape[1]), 1])
+
+            def ident(t):
+                return tf.nn.depthwise_conv2d(t, ones, [1, 1, 1, 1], "VALID")
+
+            return ident(tf.gather(self.gamma, label)), ident(tf.gather(self.beta, label))
+
+    class BetasBlock(InferenceResnetBlock):
+        """With a learned shortcut: beta of `norm_s` pushed through the 1x1 `conv_s`."""
+
+        def call(self, x, cond, training=None):
+            if not self.learned_shortcut:
+                return super().call(x, cond, training=training)
+            lab, norm_s = cond["label"], self.norm_s
+            # the folded conv_s is a plain kernel; its first `fin` input channels see
+            # the modulated x (an instance-edge channel, if any, comes after them)
+            b_s = tf.matmul(norm_s.beta, self.conv_s.kernel[0, 0, :self.fin])  # constant-folded
+            h = x * tf.gather(norm_s.gamma, lab)
+            if norm_s.use_instance_edge:
+                h = tf.concat([h, norm_s.edge_conv(tf.cast(cond["edge"], x.dtype))], axis=-1)
+            x_s = self.conv_s(h) + tf.gather(b_s, lab)
+            dx = self.conv_0(tf.nn.leaky_relu(self.norm_0(x, cond, training=training), 0.2))
+            dx = self.conv_1(tf.nn.leaky_relu(self.norm_1(dx, cond, training=training), 0.2))
+            return x_s + dx
+
+    def with_norm(norm):
+        return type(f"{norm.__name__}Block", (InferenceResnetBlock,), {"folded_clade_norm": norm})
+
+    def with_blocks(block, name):
+        return type(name, (InferenceGenerator,), {"block_class": block})
+
+    class SharedGenerator(InferenceGenerator):
+        """One gather per resolution, of all tables of the layers at that resolution."""
+
+        block_class = with_norm(SharedNorm)
+
+        def features(self, inputs, training=None):
+            levels = self.pyramid(inputs)
             by_stride = {}
-            for blk, s in folded.block_strides():
+            for blk, s in self.block_strides():
                 by_stride.setdefault(s, []).extend(blk.norm_layers())
             for s, group in by_stride.items():
                 tables = [t for n in group for t in (n.gamma, n.beta)]
                 parts = tf.split(tf.gather(tf.concat(tables, axis=1), levels[s]["label"]),
                                  [int(t.shape[1]) for t in tables], axis=-1)
                 for i, n in enumerate(group):
-                    n._shared = (parts[2 * i], parts[2 * i + 1])
-            return features(inputs, training=training)
+                    n.shared_lookup = (parts[2 * i], parts[2 * i + 1])
+            return super().features(inputs, training=training)
 
-        folded.features = shared_features
-    elif variant == "betas":
-        for blk in folded.blocks:
-            if not blk.learned_shortcut:
-                continue
+    return {
+        "base": InferenceGenerator,
+        "fused": with_blocks(with_norm(FusedNorm), "FusedGenerator"),
+        "shared": SharedGenerator,
+        "betas": with_blocks(BetasBlock, "BetasGenerator"),
+        "nchwc": with_blocks(with_norm(NchwcNorm), "NchwcGenerator"),
+        "hoisted": InferenceGenerator,  # the same model, traced without ordered lookups
+    }
 
-            def call(self, x, cond, training=None):
-                lab, norm_s = cond["label"], self.norm_s
-                # the folded conv_s is a plain kernel; its first `fin` input channels see
-                # the modulated x (an instance-edge channel, if any, comes after them)
-                b_s = tf.matmul(norm_s.beta, self.conv_s.kernel[0, 0, :self.fin])  # constant-folded
-                h = x * tf.gather(norm_s.gamma, lab)
-                if norm_s.use_instance_edge:
-                    h = tf.concat([h, norm_s.edge_conv(tf.cast(cond["edge"], x.dtype))], axis=-1)
-                x_s = self.conv_s(h) + tf.gather(b_s, lab)
-                dx = self.conv_0(tf.nn.leaky_relu(self.norm_0(x, cond, training=training), 0.2))
-                dx = self.conv_1(tf.nn.leaky_relu(self.norm_1(dx, cond, training=training), 0.2))
-                return x_s + dx
 
-            blk.call = types.MethodType(call, blk)
-    elif variant == "nchwc":
-        def modulation(self, label, dist=None, dtype="float32"):
-            ones = tf.ones([1, 1, int(self.gamma.shape[1]), 1])
-            ident = lambda t: tf.nn.depthwise_conv2d(t, ones, [1, 1, 1, 1], "VALID")
-            return ident(tf.gather(self.gamma, label)), ident(tf.gather(self.beta, label))
+def trace_variant(generator, variant, ordered_lookups=True):
+    """A serving function of `generator` folded for inference with the CLADE lookup
+    computed as `variant`, for TFLite (lookups ordered after their layer's input, as
+    exported) or not."""
+    from clade_tf.export import serving_function
+    from clade_tf.inference import fold_for_inference
 
-        for n in norms:
-            n.modulation = types.MethodType(modulation, n)
-    elif variant not in ("base", "hoisted"):
+    classes = variant_classes()
+    if variant not in classes:
         raise ValueError(f"unknown variant {variant!r}; expected some of {', '.join(VARIANTS)}")
-    # traced now, while the overrides are in place
+    folded = fold_for_inference(generator, into=classes[variant])
     return serving_function(folded, 1, ordered_lookups=ordered_lookups and variant != "hoisted")
 
 
@@ -151,20 +188,18 @@ def build_variant(preset_name, variant, formats, out_dir):
         write_format,
     )
     from clade_tf.export.exporter import FP32_TOLERANCE
-    from clade_tf.inference import fold_for_inference
     from clade_tf.presets import get_preset
 
     cfg = get_preset(preset_name).generator_config("none" if variant == "none" else "clade")
     g = random_generator(cfg)
     inputs = example_inputs(cfg, 1, seed=3)[0]
     reference = g({k: tf.constant(v) for k, v in inputs.items()}, training=False).numpy()
-    folded = fold_for_inference(g)
     os.makedirs(out_dir, exist_ok=True)
     np.savez(os.path.join(out_dir, "inputs.npz"), **inputs)
     errors = {}
     for fmt in variant_formats(variant, formats):
         path = os.path.join(out_dir, FORMATS[fmt])
-        write_format(fmt, path, *_trace(folded, "base" if variant == "none" else variant, fmt != "onnx"))
+        write_format(fmt, path, *trace_variant(g, "base" if variant == "none" else variant, fmt != "onnx"))
         errors[fmt] = compare(load_runner(path)(inputs), reference)[0]
         if errors[fmt] > FP32_TOLERANCE:
             raise SystemExit(f"{variant} {fmt}: relative L2 {errors[fmt]:.2e} vs Keras")

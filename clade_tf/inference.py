@@ -107,7 +107,12 @@ class FoldedAffineNorm(AffineNorm):
 @keras.saving.register_keras_serializable(package="clade_tf")
 class InferenceResnetBlock(ResnetBlock):
     """A `ResnetBlock` without spectral normalization (folded into the kernels) and,
-    where `folds_batch_norm`, with folded norms."""
+    where `folds_batch_norm`, with folded norms.
+
+    `folded_clade_norm` is the class of its folded CLADE norms: a subclass computing
+    the lookup differently (`benchmarks.variants`) plugs in here."""
+
+    folded_clade_norm = FoldedClassAdaptiveNorm
 
     def __init__(self, *args, **kwargs):
         kwargs["spectral_norm"] = False
@@ -122,7 +127,7 @@ class InferenceResnetBlock(ResnetBlock):
                 )
             return super().make_norm(name)
         if self.norm_mode == "clade":
-            return FoldedClassAdaptiveNorm(
+            return self.folded_clade_norm(
                 self.num_classes, self.param_free_norm, use_instance_edge=self.use_instance_edge,
                 dtype=self.dtype_policy, name=name,
             )
@@ -132,7 +137,11 @@ class InferenceResnetBlock(ResnetBlock):
 @keras.saving.register_keras_serializable(package="clade_tf")
 class InferenceGenerator(Generator):
     """A `Generator` with the training-time parameterisation folded away and no
-    label-range assertion. Its weights come from `fold_for_inference`."""
+    label-range assertion. Its weights come from `fold_for_inference`.
+
+    `block_class` is the class of its blocks (an `InferenceResnetBlock` subclass)."""
+
+    block_class = InferenceResnetBlock
 
     def __init__(self, config, **kwargs):
         kwargs["check_labels"] = False
@@ -160,7 +169,7 @@ class InferenceGenerator(Generator):
 
     def make_block(self, fin, fout, name):
         c = self.config
-        return InferenceResnetBlock(
+        return self.block_class(
             fin, fout, norm_mode=c.norm_mode, num_classes=c.num_classes,
             param_free_norm=c.param_free_norm, use_instance_edge=c.use_instance,
             spade_hidden=c.spade_hidden, dtype=self.dtype_policy, name=name,
@@ -235,11 +244,13 @@ def _fold_into_conv(conv, src, dst):
     dst.beta.assign(src.beta.numpy())
 
 
-def fold_for_inference(generator: Generator) -> InferenceGenerator:
-    """A new `InferenceGenerator` equal to `generator` in inference (see module doc)."""
+def fold_for_inference(generator: Generator, into=InferenceGenerator) -> InferenceGenerator:
+    """A new `InferenceGenerator` equal to `generator` in inference (see module doc).
+
+    `into`: the class built, `InferenceGenerator` or a subclass with the same weights."""
     generator.build()
     c = generator.config
-    out = InferenceGenerator(c, dtype=generator.dtype_policy, name=generator.name)
+    out = into(c, dtype=generator.dtype_policy, name=generator.name)
     out.build()
     fold_bn = out.folds_batch_norm
     if c.use_vae:
