@@ -168,13 +168,14 @@ def test_infer_runs_every_format_and_rejects_bad_labels(tmp_path, capsys):
     bad = lab.copy()
     bad[0, 0] = 9
     Image.fromarray(bad).save(tmp_path / "bad.png")
-    Image.fromarray(lab[:16]).save(tmp_path / "small.png")
+    Image.fromarray(np.stack([lab, lab, lab + 1], axis=-1)).save(tmp_path / "rgb.png")  # not the palette's
     capsys.readouterr()
     cases = [
         (["--labels", str(tmp_path / "bad.png"), "--instances", str(tmp_path / "inst.png")],
          "bad.png: class 9 is not known to the model (classes 0..4)"),
-        (["--labels", str(tmp_path / "small.png"), "--instances", str(tmp_path / "inst.png")],
-         "small.png: label map is 32x16, the model expects 32x32"),
+        (["--labels", str(tmp_path / "rgb.png"), "--instances", str(tmp_path / "inst.png")],
+         (f"rgb.png: pixel (0, 0) is colour ({lab[0, 0]}, {lab[0, 0]}, {lab[0, 0] + 1}), neither a class id nor "
+          "a colour of the palette")),
         (["--labels", str(tmp_path / "label.png")], "this model uses instance edges: pass --instances"),
     ]
     for extra, message in cases:
