@@ -93,21 +93,13 @@ def peak_rss_mb():
 
 
 def load_runner(path, threads=None, profile_prefix=None):
-    """`clade_tf.export.load_runner`, from `clade_tf/export/runtime.py` loaded on its own.
+    """`clade_tf.export.load_runner`. Importing `clade_tf.export.runtime` imports numpy only
+    (each runtime when a model needs it), not TensorFlow, ~600 MB resident, which would
+    count in the peak memory reported for LiteRT and onnxruntime: a deployed model does not
+    carry TensorFlow (tests/test_exportdir.py checks it)."""
+    from clade_tf.export.runtime import load_runner as load
 
-    That file imports numpy only (each runtime when a model needs it), while importing
-    the `clade_tf` package imports TensorFlow, ~600 MB resident, which would count in
-    the peak memory reported for LiteRT and onnxruntime: a deployed model does not
-    carry TensorFlow."""
-    import importlib.util
-
-    from benchmarks.guard import ROOT
-
-    spec = importlib.util.spec_from_file_location(
-        "clade_tf_export_runtime", os.path.join(ROOT, "clade_tf", "export", "runtime.py"))
-    runtime = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runtime)
-    return runtime.load_runner(path, threads=threads, profile_prefix=profile_prefix)
+    return load(path, threads=threads, profile_prefix=profile_prefix)
 
 
 def time_model(path, inputs_npz, threads, repeats, warmup):
