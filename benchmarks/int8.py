@@ -40,12 +40,25 @@ FILES = {"tflite-fp32": "model_fp32.tflite", "tflite-int8": "model_int8.tflite"}
 
 
 def export_code(args, out, npz):
-    """The child's code: export with the checkout it runs in (`python -m export` for a run,
-    `benchmarks.common.export_for_bench` for a preset: both exist in every version)."""
+    """The child's code: export with the library of the checkout it runs in. For a run, the
+    library calls `python -m export --run` makes (the run's generator, int8 calibration on
+    the run's data, `clade_tf.export.export`); for a preset,
+    `benchmarks.common.export_for_bench`. Only names every version has: the child may
+    import another revision's `clade_tf` (`--against`)."""
     if args.run:
-        argv = ["--run", os.path.abspath(args.run), "--out", out, "--formats", ",".join(FORMATS),
-                "--calibration-samples", str(args.calibration_samples)]
-        return f"import sys; from export.__main__ import main; sys.exit(main({argv!r}))"
+        run = os.path.abspath(args.run)
+        return (
+            "import sys\n"
+            "from clade_tf.export import calibration_inputs, export\n"
+            "from clade_tf.rundir import RunDirectory\n"
+            f"g, cfg = RunDirectory({run!r}).load_generator()\n"
+            f"calibration, source, reason = calibration_inputs(g.config, {args.calibration_samples!r}, cfg.data, "
+            "cfg.seed, 'run data', '')\n"
+            "if reason:\n"
+            "    print(f'notice: int8 calibration on blocky random label maps: {reason}', file=sys.stderr)\n"
+            f"export(g, {out!r}, {list(FORMATS)!r}, batch=1, calibration=calibration, calibration_source=source, "
+            f"inputs=({run!r},))\n"
+        )
     return ("from benchmarks.common import export_for_bench; "
             f"export_for_bench({args.preset!r}, {args.norm!r}, {list(FORMATS)!r}, {out!r}, {npz!r})")
 

@@ -434,3 +434,29 @@ def test_latency_pairs_each_mode_with_none_and_its_official_model(monkeypatch):
                     ("time_pair", ["clade.official-onnx", "clade.tflite-fp32"])]
     assert rows[("clade", "onnx")]["paired_to_none"]["pairs"] == 3
     assert "paired_to_none" not in rows[("clade", "tflite-fp32")]  # its none failed
+
+
+@pytest.mark.slow  # a child process exporting int8 (pytest.ini)
+def test_int8_exports_a_run_through_the_library_in_its_child(tmp_path):
+    import json
+
+    from clade_tf import presets
+    from clade_tf.config import OptimConfig
+    from clade_tf.gan import build_gan
+    from clade_tf.rundir import RunDirectory
+
+    tiny = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32, ngf=8, ndf=8, batch_size=4)
+    cfg = tiny.run_config("clade", optim=OptimConfig(batch_size=4, steps=1), data={"synthetic_length": 16})
+    run = RunDirectory(tmp_path / "run")
+    run.write_config(cfg)
+    run.save_checkpoint(build_gan(cfg), 1)
+    args = int8.parse_args(["--run", run.path, "--calibration-samples", "4"])
+    out = str(tmp_path / "export")
+    code = int8.export_code(args, out, out + ".npz")
+    assert "import export" not in code and "from export" not in code  # the library, not the application
+    rc, _, err, _, killed = guard.run_guarded(code, limit_mb=guard.default_memory_limit_mb())
+    assert rc == 0 and not killed, err
+    assert all(os.path.isfile(os.path.join(out, int8.FILES[f])) for f in int8.FORMATS)
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["calibration"] == "run data (4 samples)"  # the run's data, as python -m export calibrates
