@@ -5,7 +5,12 @@ through tf2onnx, with `lean_tf2onnx` bounding its memory on full-size models.
 """
 
 import contextlib
+import logging
 import os
+import re
+import sys
+import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -15,6 +20,89 @@ from clade_tf.export.runtime import FORMATS
 
 class ExportError(Exception):
     """An export that cannot be produced or does not verify."""
+
+
+# What TensorFlow's TFLite converter prints on every successful conversion of a serving
+# function, saying nothing about the model; everything else it prints is kept.
+# - absl, from `from_concrete_functions` without `trackable_obj` ("the deprecated conversion
+#   path"): that path, freezing the concrete function, is the one every export is verified and
+#   measured with; a trackable object would switch to a SavedModel round trip instead.
+HARMLESS_ABSL = re.compile(r"Please consider providing the trackable_obj argument in the from_concrete_functions")
+# - full-integer int8: the model's inputs stay float (its first ops quantize them with the
+#   calibrated ranges), so there are no input statistics to give.
+HARMLESS_WARNING = r"Statistics for quantized inputs were expected, but not specified"
+# - the C++ quantizer's settings, printed on stderr at every int8 conversion.
+HARMLESS_NATIVE = re.compile(r"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
+                             r"output_inference_type: \w+")
+
+
+class _DropHarmlessAbsl(logging.Filter):
+    def filter(self, record):
+        return not HARMLESS_ABSL.search(record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """The absl logger without the known-harmless converter message (other messages pass)."""
+    logger, drop = logging.getLogger("absl"), _DropHarmlessAbsl()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _flush_streams():
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed or absent
+            stream.flush()
+
+
+@contextlib.contextmanager
+def _native_output_held():
+    """Holds what native code writes to file descriptors 1 and 2 (C++ prints there directly,
+    past Python's streams) in temporary files; afterwards it is written to `sys.stdout` /
+    `sys.stderr` without the `HARMLESS_NATIVE` lines, or whole when the block raised, so a
+    failing conversion shows all it said."""
+    with contextlib.ExitStack() as files:
+        held = []
+        _flush_streams()
+        for fd in (1, 2):
+            try:
+                saved = os.dup(fd)
+            except OSError:  # no such descriptor (e.g. a GUI process): nothing to hold
+                continue
+            tmp = files.enter_context(tempfile.TemporaryFile())
+            os.dup2(tmp.fileno(), fd)
+            held.append((fd, saved, tmp))
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            _flush_streams()
+            for fd, saved, tmp in held:
+                os.dup2(saved, fd)
+                os.close(saved)
+            for fd, _, tmp in held:
+                tmp.seek(0)
+                lines = tmp.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if not failed:
+                    lines = [line for line in lines if not HARMLESS_NATIVE.fullmatch(line.strip())]
+                if lines:
+                    stream = sys.stdout if fd == 1 else sys.stderr
+                    stream.write("".join(lines))
+                    stream.flush()
+
+
+@contextlib.contextmanager
+def quiet_conversion():
+    """Silences what the TFLite converter prints on every conversion and is known to be
+    harmless (`HARMLESS_ABSL`, `HARMLESS_WARNING`, `HARMLESS_NATIVE`); its other warnings
+    and output still show, all of it when the conversion fails."""
+    with _native_output_held(), _quiet_absl(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=HARMLESS_WARNING, category=UserWarning)
+        yield
 
 
 def serving_function(generator, batch, ordered_lookups=None):
@@ -37,7 +125,8 @@ def serving_function(generator, batch, ordered_lookups=None):
 
 
 def _converter(fn):
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
+    with _quiet_absl():
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops
     return conv
 
@@ -73,8 +162,9 @@ def tflite_bytes(fn, names, kind, calibration=None):
     elif kind == "tflite-int8-dynamic":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     try:
-        return conv.convert()
-    except Exception as e:  # the converter raises several types
+        with quiet_conversion():
+            return conv.convert()
+    except Exception as e:  # noqa: BLE001 - the converter raises several types
         msg = str(e).strip().splitlines()
         raise ExportError(f"{kind}: TFLite conversion with builtin ops failed: {msg[-1] if msg else e}") from None
 
