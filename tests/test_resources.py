@@ -11,17 +11,17 @@ from PIL import Image
 
 from clade_tf import resources, viz
 from clade_tf.data import scenes
-from clade_tf.export import web
+from clade_tf.export import examples, web
 from clade_tf.presets import PRESETS
 
 PACKAGE = os.path.dirname(os.path.abspath(resources.__file__))
-REGENERATE = ('python -c "from clade_tf import resources; resources.write_examples(\'clade_tf/resources\')"')
+REGENERATE = 'python -c "from clade_tf.export import examples; examples.write()"'
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_shipped_examples_equal_the_page_examples(preset):
     p = PRESETS[preset]
-    want = resources.computed_examples(preset)
+    want = examples.computed(preset)
     assert len(want) == resources.EXAMPLES_PER_PRESET
     folder = os.path.join(PACKAGE, "examples", preset)
     assert sorted(os.listdir(folder)) == [f"example{i}.png" for i in range(1, len(want) + 1)]
@@ -76,3 +76,12 @@ def test_shipped_segmenter_loads_by_default():
     # the default and the explicit path load the same weights
     explicit = ms.load_segmenter(path)
     assert all((a == b).all() for a, b in zip(model.get_weights(), explicit.get_weights()))
+
+
+def test_write_rewrites_the_shipped_examples(tmp_path):
+    examples.write(str(tmp_path))
+    for preset in PRESETS:
+        for i in range(1, resources.EXAMPLES_PER_PRESET + 1):
+            a = np.asarray(Image.open(tmp_path / "examples" / preset / f"example{i}.png"))
+            assert (a == np.asarray(Image.open(resources.example_label(preset, i)))).all()
+    assert [n for n in os.listdir(tmp_path / "examples" / "ade20k") if ".tmp-" in n] == []

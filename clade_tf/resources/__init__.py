@@ -7,9 +7,9 @@
     examples/<preset>/example<i>.png  class ids at the preset's size      (example_label)
 
 They are read with `importlib.resources`, so a wheel installed anywhere finds the same files
-as the checkout. The example label maps are the browser demo's first examples
-(`clade_tf.export.web.example_labels`) at each preset's default size; `write_examples`
-rewrites them and `tests/test_resources.py` checks that they have not drifted.
+as the checkout. The example label maps are the browser demo's first examples at each
+preset's default size, written by `clade_tf.export.examples` (this module imports nothing of
+the library at load time: the palette and class-name readers import it).
 
     from clade_tf import resources
     path = resources.example_label("ade20k", 1)   # a PNG that python -m export.infer reads
@@ -76,31 +76,3 @@ def example_label(preset, i=1):
     if not isinstance(i, int) or not 1 <= i <= EXAMPLES_PER_PRESET:
         raise ValueError(f"example {i!r} of preset {preset}: expected 1..{EXAMPLES_PER_PRESET}")
     return path("examples", preset, f"example{i}.png")
-
-
-def computed_examples(preset):
-    """The example label maps (int32 `[H, W]`) that ship for `preset`, computed: the demo page's
-    first `EXAMPLES_PER_PRESET` examples at the preset's default size."""
-    from clade_tf.export.web import example_labels as page_examples
-    from clade_tf.presets import PRESETS
-
-    p = PRESETS[preset]
-    gen = {"image_height": p.image_height, "image_width": p.image_width, "num_classes": p.num_classes}
-    return page_examples(preset, gen, n=EXAMPLES_PER_PRESET)
-
-
-def write_examples(out_dir):
-    """Writes `examples/<preset>/example<i>.png` of every preset under `out_dir` (the package's
-    own folder is `os.path.dirname(clade_tf.resources.__file__)`)."""
-    import numpy as np
-
-    from clade_tf import viz
-    from clade_tf.presets import PRESETS
-
-    for preset in PRESETS:
-        folder = os.path.join(out_dir, "examples", preset)
-        os.makedirs(folder, exist_ok=True)
-        for i, label in enumerate(computed_examples(preset), 1):
-            if label.max() > 255:
-                raise ValueError(f"preset {preset}: class {label.max()} does not fit an 8-bit label PNG")
-            viz.save_png(os.path.join(folder, f"example{i}.png"), label.astype(np.uint8))
