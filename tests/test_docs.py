@@ -89,6 +89,30 @@ def test_named_repository_paths_exist(page):
     assert missing == []
 
 
+def defines(path, name):
+    with open(path, encoding="utf-8") as f:
+        return re.search(rf"\b{re.escape(name)}\b", f.read()) is not None
+
+
+def module_exists(dotted):
+    """`clade_tf.a.b` names a module of the repository, or a name its longest module prefix
+    mentions (defined, imported or listed for lazy loading)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        base = os.path.join(ROOT, *parts[:i])
+        for path in (base + ".py", os.path.join(base, "__init__.py")):
+            if os.path.isfile(path):
+                return i == len(parts) or defines(path, parts[i])
+    return False
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_named_modules_exist(page):
+    names = set(re.findall(r"\b((?:clade_tf|train|export|evaluate|benchmarks)(?:\.[A-Za-z_]\w*)+)", read(page)))
+    files = (".md", ".py", ".json", ".png", ".mjs")
+    assert sorted(n for n in names if not n.endswith(files) and not module_exists(n)) == []
+
+
 def test_architecture_lists_every_package():
     block = read(README).split("## Architecture", 1)[1].split("```")[1]
     packages = sorted(d for d in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, d, "__init__.py")))
