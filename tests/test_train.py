@@ -144,15 +144,28 @@ def test_tensorboard_has_losses_lrs_images_and_fidelity(tiny_preset, tmp_path):
     fake = g({k: tf.constant(batch[k]) for k in cfg.generator.data_keys}, training=False)
     fidelity = synthetic.fidelity(fake.numpy(), batch["label"], cfg.generator.num_classes)
     logged = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("synthetic/fidelity")}
-    assert s["fidelity_final"] == pytest.approx(fidelity, abs=1e-6) == logged[2]
-    assert s["fidelity_init"] == pytest.approx(logged[0]) and s["fidelity_init"] < 0.5  # untrained: near 1/6
+    assert s["quality_name"] == "synthetic fidelity"
+    assert s["quality_final"] == pytest.approx(fidelity, abs=1e-6) == logged[2]
+    assert s["quality_init"] == pytest.approx(logged[0]) and s["quality_init"] < 0.5  # untrained: near 1/6
     tags = set(acc.Tags()["tensors"])
     for t in ("loss/G_GAN", "loss/G_Feat", "loss/D_Fake", "loss/D_Real", "lr/generator",
               "lr/discriminator", "synthetic/fidelity", "samples/label_generated_real"):
         assert t in tags, (t, tags)
     lr = [tf.make_ndarray(e.tensor_proto) for e in acc.Tensors("lr/discriminator")]
     assert float(lr[0]) == pytest.approx(4e-4)
-    assert os.path.isfile(tmp_path / "r" / "samples_final.png")
+    # the PNGs are the TensorBoard grid with each pixel an 8x8 block: 32-px tiles shown 256 px tall
+    from PIL import Image
+
+    logged_grid = tf.image.decode_png(acc.Tensors("samples/label_generated_real")[0].tensor_proto.string_val[2])
+    logged_grid = logged_grid.numpy()
+    rows = 6  # RunMonitor's grid_rows: label | generated | real, 2-px gaps
+    assert logged_grid.shape == (rows * 32 + (rows - 1) * 2, 3 * 32 + 2 * 2, 3)
+    for name in ("samples/step_0000000.png", "samples_final.png"):
+        png = np.asarray(Image.open(tmp_path / "r" / name).convert("RGB"))
+        assert png.shape == (logged_grid.shape[0] * 8, logged_grid.shape[1] * 8, 3), name
+        assert (png == np.kron(png[::8, ::8], np.ones((8, 8, 1), np.uint8))).all(), name
+    step0 = np.asarray(Image.open(tmp_path / "r" / "samples" / "step_0000000.png").convert("RGB"))
+    np.testing.assert_array_equal(step0[::8, ::8], logged_grid)
 
 
 def test_run_dir_with_other_settings_is_refused(tiny_preset, tmp_path):
@@ -191,6 +204,36 @@ def test_cli_help_documents_flags():
                  "--resume", "--vgg-weights", "--use-vae", "--strategy", "--label-nc", "--palette",
                  "--skip-bad-samples", "--mixed-precision"):
         assert flag in res.stdout
+    # the layouts an empty --dataroot's error points to, one entry per folder dataset
+    layouts = res.stdout[res.stdout.index("folder layouts of --dataroot"):]
+    for dataset, folders in [("ade20k, ade20k-outdoor", "annotations/"), ("cityscapes", "gtFine/train/"),
+                             ("coco-stuff", "train_label/"), ("custom", "labels/")]:
+        assert f"\n  {dataset} " in layouts and folders in layouts, layouts
+
+
+@pytest.mark.slow
+def test_cli_usage_error_is_two_lines_without_tensorflow_start_up_lines():
+    res = cli("--steps", "0", "--out", "/nonexistent/r")
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == ["python -m train: error: argument --steps: 0: expected >= 1",
+                                       "run 'python -m train --help' for the options"], res.stderr
+    res = cli("--no-such-flag")
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == ["python -m train: error: unrecognized arguments: --no-such-flag",
+                                       "run 'python -m train --help' for the options"], res.stderr
+
+
+@pytest.mark.slow
+def test_an_empty_dataroot_is_one_line_without_the_vgg_notice(tmp_path):
+    """The error names the layout; nothing about the run (the VGG notice) is printed for a
+    run that never starts, and TensorFlow's start-up lines stay below TF_CPP_MIN_LOG_LEVEL=3."""
+    (tmp_path / "empty").mkdir()
+    res = cli("--dataset", "ade20k", "--dataroot", str(tmp_path / "empty"), "--steps", "1", "--out",
+              str(tmp_path / "r"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.splitlines() == [(f"error: {tmp_path / 'empty'}: no train samples in the ade20k layout "
+                                        "(python -m train --help lists each layout)")], res.stderr
+    assert res.stdout == "" and not os.path.exists(tmp_path / "r")
 
 
 @pytest.mark.slow
@@ -204,7 +247,9 @@ def test_cli_help_documents_flags():
         (["--steps", "2", "--epochs", "1"], "error: give --steps or --epochs, not both"),
         (["--vgg-weights", "/nope.h5", "--steps", "1", "--out", "{tmp}/v"], "error: VGG19 weights file not found: '/nope.h5'"),
         (["--resume", "--out", "{tmp}/none", "--steps", "1"], "error: --resume: no checkpoint in"),
-        (["--batch-size", "0", "--steps", "1", "--out", "{tmp}/b"], "error: --batch-size 0: expected >= 1"),
+        (["--dataroot", "{tmp}", "--steps", "1"], ("error: --dataroot {tmp}: --dataset synthetic is generated "
+         "in memory and reads no folder; give --dataset with the folder's layout (ade20k, ade20k-outdoor, "
+         "cityscapes, coco-stuff, custom)")),
         # everything missing at once, not one thing per run
         (["--dataset", "ade20k"], "error: --dataset ade20k needs --dataroot DIR; --dataset ade20k: give "
                                   "--steps or --epochs"),
@@ -214,7 +259,8 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     res = cli(*[a.format(tmp=tmp_path) for a in args])
     assert res.returncode == 2, res.stderr[-2000:]
     errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(message), res.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(message.format(tmp=tmp_path)), res.stderr[-2000:]
+    assert "InitializeLog" not in res.stderr and "] oneDNN" not in res.stderr, res.stderr[-2000:]
 
 
 def write_custom(root, n=4, maxlab=3, bad_value=None):
@@ -662,3 +708,40 @@ def test_run_config_round_trip_legacy_records_and_mismatches():
         RunConfig(data=cfg.data, generator=dataclasses.replace(cfg.generator, num_classes=3))
     with pytest.raises(ConfigError, match=r"RunConfig: unknown keys \['extra'\]"):
         RunConfig.from_dict({**cfg.to_dict(), "extra": 1})
+
+
+def test_tensorboard_hint_points_at_the_run_not_its_parent():
+    from train.run import tensorboard_hint
+
+    assert tensorboard_hint("/x/run").endswith(" -m tensorboard.main --logdir /x/run")
+    assert tensorboard_hint("runs/synthetic-clade/").endswith(" --logdir runs/synthetic-clade")
+
+
+def test_synthetic_scenes_training_prints_and_logs_its_miou(tmp_path, monkeypatch, capsys):
+    """The shipped segmenter's mIoU of the fixed sample batch, at the start and the end, as
+    the synthetic dataset's fidelity; on the real images of that batch it is high, so the
+    number compares the generated images with their label maps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from clade_tf.data import sources
+    from train.callbacks import sample_quality
+    from train.cli import main
+    from train.run import NUM_SAMPLE_IMAGES
+
+    tiny = presets.SYNTHETIC_SCENES.replace(ngf=8, ndf=8, batch_size=4)
+    monkeypatch.setitem(presets.PRESETS, "synthetic-scenes", tiny)
+    out = tmp_path / "r"
+    assert main(["--dataset", "synthetic-scenes", "--steps", "1", "--synthetic-length", "8",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    acc = EventAccumulator(str(out / "logs" / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    logged = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("synthetic_scenes/miou")}
+    assert sorted(logged) == [0, 1]
+    assert f"synthetic-scenes mIoU (shipped segmenter): {round(logged[0], 3)} at init -> {logged[1]:.3f} now" \
+        in printed, printed
+    assert "watch it: " in printed and f"--logdir {out}\n" in printed
+    cfg = tiny.run_config("clade", data={"synthetic_length": 8})
+    batch = sources.fixed_batch(cfg.data, cfg.generator, cfg.seed, NUM_SAMPLE_IMAGES)
+    quality = sample_quality("synthetic-scenes", cfg.generator.num_classes)
+    assert quality(batch["image"], batch) > 0.6 > logged[1]
