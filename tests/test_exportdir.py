@@ -154,7 +154,7 @@ x = {{"label": np.zeros((1, 32, 32), np.int32), "instance": np.zeros((1, 32, 32)
 outs = [load_runner(exp.file(k))(x) for k in ("tflite-fp32", "onnx")]
 assert outs[0].shape == (1, 32, 32, 3) and np.abs(outs[0] - outs[1]).max() < 1e-3
 from benchmarks.common import load_runner as bench_runner  # the benchmarks' timing child
-assert np.abs(bench_runner(exp.file("onnx"), threads=1)(x) - outs[1]).max() == 0
+assert np.abs(bench_runner(exp.file("onnx"), threads=1)(x) - outs[1]).max() < 1e-4
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
 print("loaded:", bad)
 """
