@@ -83,9 +83,13 @@ def test_relative_links_resolve(page):
 def test_named_repository_paths_exist(page):
     missing = []
     for token in re.findall(r"`([^`\s]+)`", read(page)):
-        path = token.split("::")[0].rstrip(".,;:")
-        if path.startswith(REPO_FOLDERS) and "<" not in path and not glob.glob(os.path.join(ROOT, path)):
+        path, _, test = token.rstrip(".,;:").partition("::")
+        if not path.startswith(REPO_FOLDERS) or "<" in path:
+            continue
+        if not glob.glob(os.path.join(ROOT, path)):
             missing.append(path)
+        elif test and not re.search(rf"^def {re.escape(test)}\(", read(path), flags=re.MULTILINE):
+            missing.append(token)
     assert missing == []
 
 
