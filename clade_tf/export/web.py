@@ -24,6 +24,8 @@ import threading
 import numpy as np
 
 from clade_tf import resources, viz
+from clade_tf.export.exportdir import ExportDir, ExportDirError
+from clade_tf.export.runtime import FORMATS
 from clade_tf.outdir import OutputError, replace_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,7 +36,7 @@ PAGE_FILES = ("index.html", "app.js", "style.css")
 # runtime -> (model files of an export it can run, fp32 first; node_modules files -> site paths)
 RUNTIMES = {
     "litert": (
-        ("model_fp32.tflite", "model_fp16.tflite", "model_int8_dynamic.tflite", "model_int8.tflite"),
+        tuple(name for kind, name in FORMATS.items() if kind.startswith("tflite")),  # fp32 first
         {"@litertjs/core/dist/index.js": "vendor/litert/index.js",
          "@litertjs/wasm-utils/dist/index.js": "vendor/litert/wasm-utils.js",
          # the loader picks one of these by the browser's features (threads need isolation)
@@ -42,7 +44,7 @@ RUNTIMES = {
             for v in ("", "threaded_", "compat_") for ext in ("js", "wasm")}},
     ),
     "ort": (
-        ("model.onnx",),
+        (FORMATS["onnx"],),
         {f"onnxruntime-web/dist/{name}": f"vendor/ort/{name}"
          for name in ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")},
     ),
@@ -61,23 +63,12 @@ def node_modules():
 
 
 def read_export(export_dir):
-    """The export's `report.json` dict; `WebError` unless `export_dir` is an export holding a .tflite or .onnx."""
-    if not os.path.exists(export_dir):
-        raise WebError(f"--export {export_dir} not found")
-    if not os.path.isdir(export_dir):
-        raise WebError(f"--export {export_dir} is a file; name the export directory of python -m export")
-    path = os.path.join(export_dir, "report.json")
-    if not os.path.isfile(path):
-        raise WebError(f"--export {export_dir}: no report.json; name a directory written by python -m export")
+    """The export's `report.json` dict (`ExportDir`); `WebError` unless `export_dir` is an export
+    holding a .tflite or .onnx."""
     try:
-        with open(path) as f:
-            report = json.load(f)
-        gen, inputs = report["generator"], report["contract"]["inputs"]
-        missing = [k for k in ("num_classes", "image_height", "image_width") if k not in gen]
-        if missing or not isinstance(inputs, list):
-            raise KeyError(missing[0] if missing else "contract.inputs")
-    except (ValueError, KeyError, TypeError) as e:
-        raise WebError(f"{path}: not an export report ({type(e).__name__}: {e})") from None
+        report = ExportDir(export_dir, "--export").report
+    except ExportDirError as e:
+        raise WebError(str(e)) from None
     names = [n for files, _ in RUNTIMES.values() for n in files]
     if not any(os.path.isfile(os.path.join(export_dir, n)) for n in names):
         raise WebError(f"--export {export_dir} holds no .tflite or .onnx model (export with --formats "
@@ -193,8 +184,9 @@ def site_config(report, preset_name, runtime, model_file):
     from clade_tf.presets import PRESETS
 
     p = PRESETS.get(preset_name)
-    dontcare = c - 1 if p is not None and p.contain_dontcare and p.num_classes == c else None
-    dontcare = report["contract"].get("dontcare_class", dontcare)  # recorded by the export
+    # recorded by the export; an export written before it was recorded: the preset's
+    dontcare = p.data_config().dontcare_class if p is not None and p.num_classes == c else None
+    dontcare = report["contract"].get("dontcare_class", dontcare)
     colours = viz.palette(preset_name or "custom", c)
     return {
         "preset": preset_name, "height": gen["image_height"], "width": gen["image_width"],
