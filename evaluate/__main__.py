@@ -18,7 +18,6 @@ with --inception-weights and mIoU with --segmenter: one of the two is enough (wi
 Inception, FID and KID are skipped and metrics.json says why).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -31,19 +30,19 @@ class UsageError(Exception):
 
 
 def build_parser():
-    from clade_tf.cli import HelpFormatter
+    from clade_tf.cli import ArgumentParser, HelpFormatter, positive_int
     from clade_tf.config import SEGMENTER_RANGES, EvalConfig
     from clade_tf.presets import PRESETS
 
     e = EvalConfig()
-    p = argparse.ArgumentParser(prog="python -m evaluate", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m evaluate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(q, required=True):
         q.add_argument("--inception-weights", required=required, metavar="FILE",
                        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a local file)" + (
                            "" if required else "; without it only the --segmenter's scores, no FID / KID"))
-        q.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
+        q.add_argument("--batch-size", type=positive_int, default=50, help="images per Inception batch")
 
     f = sub.add_parser("fid", help="FID (and KID) between two image folders or statistics files",
                        formatter_class=HelpFormatter)
@@ -278,21 +277,15 @@ def cmd_run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from clade_tf.cli import exit_code
     from clade_tf.config import ConfigError
     from clade_tf.metrics import WeightsError
     from clade_tf.outdir import OutputError
 
-    if args.batch_size < 1:
-        print(f"error: --batch-size {args.batch_size}: expected >= 1", file=sys.stderr)
-        return 2
     try:
         return {"fid": cmd_fid, "stats": cmd_stats, "run": cmd_run}[args.command](args)
-    except (UsageError, WeightsError, OutputError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 (exit_code re-raises what it does not report)
+        return exit_code(e, usage=(UsageError, WeightsError, OutputError, ConfigError))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ format is verified on the samples of that data that follow the calibration sampl
 layer group alone (report.json's int8_layers).
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -26,12 +25,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_parser():
-    from clade_tf.cli import HelpFormatter
+    from clade_tf.cli import ArgumentParser
     from clade_tf.export.exporter import CALIBRATION_SAMPLES, VERIFY_SAMPLES
     from clade_tf.export.runtime import FORMATS
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m export", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory (python -m train or export.from_torch)")
     src.add_argument("--weights", metavar="FILE", help="generator weights (.weights.h5) to export; needs --preset")
@@ -110,6 +109,7 @@ def load_generator(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from clade_tf.cli import exit_code
     from clade_tf.config import ConfigError
     from clade_tf.export import ExportError, calibration_inputs, export, parse_formats
     from clade_tf.export.exporter import check_inputs
@@ -117,12 +117,9 @@ def main(argv=None):
     try:
         if not args.out:
             raise ExportError("--out DIR is required (the export directory to write)")
-        if args.calibration_samples < 1:
-            raise ExportError(f"--calibration-samples {args.calibration_samples}: expected >= 1")
-        if args.batch < 1:
-            raise ExportError(f"--batch {args.batch}: expected >= 1")
-        if args.verify_samples < 1:
-            raise ExportError(f"--verify-samples {args.verify_samples}: expected >= 1")
+        for flag in ("calibration_samples", "batch", "verify_samples"):
+            if getattr(args, flag) < 1:
+                raise ExportError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected >= 1")
         formats = parse_formats(args.formats)
         if args.explain_int8 and "tflite-int8" not in formats:
             raise ExportError("--explain-int8 needs tflite-int8 in --formats")
@@ -147,12 +144,9 @@ def main(argv=None):
                         calibration=calibration, calibration_source=source, inputs=(args.run, args.weights),
                         dontcare_class=dontcare, check=check, check_source=check_source,
                         explain=args.explain_int8)
-    except (ExportError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. the disk filled up: the temporary export is removed, --out untouched
-        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 (exit_code re-raises what it does not report)
+        # e.g. the disk filled up (an OSError): the temporary export is removed, --out untouched
+        return exit_code(e, usage=(ExportError, ConfigError), where=args.out)
     for name, r in report["formats"].items():
         print(f"{name:<26} rel_l2 {r['rel_l2']:.2e}  PSNR {r['psnr_db']:6.1f} dB  vs {r['reference']:<11} "
               f"saturated {r['saturated_fraction']:5.1%}  {'ok' if r['ok'] else 'FAILED'}")

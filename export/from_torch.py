@@ -10,7 +10,6 @@ instance edges, VAE input and width are read from the checkpoint; flags that
 contradict it, or a preset with another class count, are errors.
 """
 
-import argparse
 import os
 import sys
 
@@ -111,11 +110,10 @@ def run(args):
 
 
 def main(argv=None):
-    from clade_tf.cli import HelpFormatter
+    from clade_tf.cli import ArgumentParser, exit_code
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m export.from_torch", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m export.from_torch", description=__doc__)
     p.add_argument("checkpoint", help="official generator checkpoint (*_net_G.pth, torch.save zip format)")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--out", required=True, help="run directory to write")
@@ -137,12 +135,9 @@ def main(argv=None):
 
     try:
         cfg = run(args)
-    except (ImportErrorMessage, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. the disk filled up while writing (nothing half-written is left)
-        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 (exit_code re-raises what it does not report)
+        # an OSError: e.g. the disk filled up while writing (nothing half-written is left)
+        return exit_code(e, usage=(ImportErrorMessage, CheckpointError, ConfigError), where=args.out)
     print(f"imported {cfg.norm_mode} generator ({cfg.num_classes} classes, ngf {cfg.ngf}, "
           f"{cfg.image_height}x{cfg.image_width}{', VAE' if cfg.use_vae else ''}) into {args.out}")
     return 0

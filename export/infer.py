@@ -19,7 +19,6 @@ CLADE-ICPE maps are computed from the labels; VAE models get a random z (`--seed
 model is loaded once for a folder.
 """
 
-import argparse
 import os
 import sys
 
@@ -280,10 +279,9 @@ def run(args):
 
 
 def main(argv=None):
-    from clade_tf.cli import HelpFormatter
+    from clade_tf.cli import ArgumentParser, exit_code
 
-    p = argparse.ArgumentParser(prog="python -m export.infer", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m export.infer", description=__doc__)
     p.add_argument("--model", required=True,
                    help="export directory of python -m export (its fp32 model), or a SavedModel dir / .tflite / "
                         ".onnx of one")
@@ -298,12 +296,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         run(args)
-    except InferError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. the disk filled up while writing
-        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 (exit_code re-raises what it does not report)
+        return exit_code(e, usage=(InferError,), where=args.out)  # an OSError: e.g. the disk filled up
     return 0
 
 

@@ -14,7 +14,6 @@ model_int8.tflite). The preset (class names, palette) is found from the model's 
 count and size; `--preset` names it.
 """
 
-import argparse
 import os
 import sys
 
@@ -22,11 +21,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main(argv=None):
-    from clade_tf.cli import HelpFormatter
+    from clade_tf.cli import ArgumentParser, exit_code
     from clade_tf.export.web import RUNTIMES, WebError, build_site, serve
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m export.web", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m export.web", description=__doc__)
     p.add_argument("--export", required=True, help="export directory of python -m export")
     p.add_argument("--out", required=True, help="site directory to write")
     p.add_argument("--runtime", choices=sorted(RUNTIMES), help="browser runtime (default: litert, else ort)")
@@ -48,12 +47,8 @@ def main(argv=None):
                   "(or any static web server)")
             return 0
         server = serve(args.out, args.port)
-    except WebError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. the disk filled up while writing
-        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 (exit_code re-raises what it does not report)
+        return exit_code(e, usage=(WebError,), where=args.out)  # an OSError: e.g. the disk filled up
     host, port = server.server_address[:2]
     print(f"serving {args.out} at http://{host}:{port}/ (Ctrl+C stops)", flush=True)
     try:
