@@ -55,18 +55,21 @@ def exports(tmp_path_factory):
 
 
 def run_page(site, steps, tmp_path):
-    """Serves `site`, runs the driver's steps in Chromium, returns its result dict."""
+    """Serves `site`, runs the driver's steps in Chromium, returns its result dict. A working
+    page logs no console errors: the runtimes' own log lines go to their levels."""
     server = libweb.serve(site, 0, background=True)
     try:
         plan, result = tmp_path / "plan.json", tmp_path / "result.json"
         plan.write_text(json.dumps({"url": f"http://127.0.0.1:{server.server_address[1]}/", "steps": steps}))
         p = subprocess.run(["node", os.path.join(ROOT, "tests", "web_driver.mjs"), str(plan), str(result)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
         assert p.returncode == 0, p.stderr[-3000:]
-        return json.loads(result.read_text())
+        r = json.loads(result.read_text())
     finally:
         server.shutdown()
         server.server_close()
+    assert r["console"] == [], r["console"]
+    return r
 
 
 def check_output(read, model, inputs):
@@ -153,6 +156,58 @@ def test_painting_in_chromium_matches_python(exports, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_page_says_what_it_shows(exports, tmp_path):
+    """The captions follow the map and the tool, the footer keeps the model, a grey RGB label
+    PNG reads as class ids, and LiteRT.js's log is no error on a working page."""
+    from PIL import Image
+
+    browser_available()
+    site = str(tmp_path / "site")
+    assert web_main(["--export", exports["clade"], "--out", site]) == 0
+    labels = synthetic.make_sample(7, 0, 6, SIZE, SIZE)["label"].astype(np.uint8)
+    assert labels.max() > 0
+    grey, bad = tmp_path / "grey_rgb.png", tmp_path / "too_high.png"
+    Image.fromarray(labels).convert("RGB").save(grey)  # a label PNG saved as RGB: R = G = B = class id
+    high = labels.copy()
+    high[5, 9] = 255  # one id beyond the 6 classes, not at (0, 0)
+    Image.fromarray(high).convert("RGB").save(bad)
+    steps = [
+        {"op": "text", "name": "start"},
+        {"op": "tool", "tool": "eraser"}, {"op": "text", "name": "eraser"},
+        {"op": "tool", "tool": "fill"}, {"op": "text", "name": "fill"},
+        {"op": "clear"}, {"op": "read", "name": "cleared"},
+        {"op": "undo"}, {"op": "text", "name": "undone"},
+        {"op": "paint", "cls": 3, "size": 4, "points": [[6, 6], [30, 12]]}, {"op": "text", "name": "edited"},
+        {"op": "load", "file": str(bad), "error": "refused"}, {"op": "text", "name": "after refusal"},
+        {"op": "load", "file": str(grey)}, {"op": "read", "name": "grey"},
+        {"op": "example", "n": 2}, {"op": "text", "name": "example 2"},
+    ]
+    r = run_page(site, steps, tmp_path)
+    footer = r["start"]["footer"]
+    assert footer.startswith("model/model_fp32.tflite (64x64, 6 classes, synthetic) loaded in")
+    # the start: example 1, and how to start blank
+    assert r["start"]["caption"] == "label map: example 1 (paint over it, or Clear to start blank)\npainting 1 grass"
+    assert r["eraser"]["caption"].endswith("\nerasing (paints 0 sky)")
+    assert r["fill"]["caption"].endswith("\nfilling with 1 grass")
+    assert r["cleared"]["caption"].startswith("label map: blank (all 0 sky)\n")
+    assert (np.array(r["cleared"]["label"]) == 0).all()
+    assert r["undone"]["caption"] == r["fill"]["caption"]  # undo brings the map's caption back with it
+    assert r["edited"]["caption"] == "label map: example 1, edited\npainting 3 sand"
+    assert r["refused"] == "too_high.png: pixel (9, 5) is class 255, the model knows 0..5"
+    assert r["after refusal"]["caption"] == r["edited"]["caption"]  # the map is unchanged, and says so
+    assert r["grey"]["caption"] == "label map: grey_rgb.png\npainting 3 sand"
+    assert (page_inputs(r["grey"])["label"] == labels).all()
+    assert r["example 2"]["caption"].startswith("label map: example 2\n")
+    assert all(r[name]["footer"] == footer for name in ("cleared", "after refusal", "grey", "example 2"))
+    # LiteRT.js's native log reaches the console at its own level (run_page: no errors), not dropped
+    assert any(m.startswith("debug: INFO: Created TensorFlow Lite XNNPACK delegate") for m in r["messages"])
+    # no adapter in headless Chromium: information from the page, not LiteRT.js's warning (the
+    # browser's own "No available adapters." warning is outside the page's reach)
+    assert not [m for m in r["messages"] if "No GPU adapter" in m or "Failed to create default WebGPU" in m]
+    assert "info: LiteRT.js: no WebGPU adapter, the model runs on the CPU" in r["messages"]
+
+
+@pytest.mark.slow
 def test_icpe_map_computed_in_the_page_equals_python(exports, tmp_path):
     browser_available()
     site = str(tmp_path / "site")
@@ -196,7 +251,8 @@ def fake_export(path, gen=None, models=("model_fp32.tflite",)):
     with open(os.path.join(path, "report.json"), "w") as f:
         json.dump({"contract": {"inputs": ["label", "instance"]}, "generator": gen}, f)
     for m in models:
-        open(os.path.join(path, m), "wb").write(b"model bytes")
+        with open(os.path.join(path, m), "wb") as f:
+            f.write(b"model bytes")
     return str(path)
 
 
@@ -206,10 +262,12 @@ def test_site_contents_and_classes(tmp_path):
     exp = fake_export(tmp_path / "exp")
     site = str(tmp_path / "site")
     assert web_main(["--export", exp, "--out", site]) == 0
-    cfg = json.load(open(os.path.join(site, "demo.json")))
+    with open(os.path.join(site, "demo.json")) as f:
+        cfg = json.load(f)
     assert cfg["preset"] == "synthetic" and cfg["runtime"] == "litert" and cfg["model"] == "model/model_fp32.tflite"
     assert [c["name"] for c in cfg["classes"]] == synthetic.CLASS_NAMES[:6]
-    assert open(os.path.join(site, cfg["model"]), "rb").read() == b"model bytes"
+    with open(os.path.join(site, cfg["model"]), "rb") as f:
+        assert f.read() == b"model bytes"
     for path in cfg["examples"]:  # class-id PNGs, as export.infer reads them
         from PIL import Image
 

@@ -2,12 +2,18 @@
 // user: node tests/web_driver.mjs plan.json result.json. The plan: {url, steps: [...]}, each step
 //   {op: "paint", cls, size, points: [[x, y], ...], tool}   a mouse stroke in label-map pixels
 //                            (tool: "brush", the default, or "eraser", which takes no cls)
-//   {op: "fill", cls, x, y} | {op: "undo"} | {op: "redo"} | {op: "style"} (a VAE model's new z)
+//   {op: "fill", cls, x, y} | {op: "undo"} | {op: "redo"} | {op: "clear"}
+//   {op: "style"}            a VAE model's new z
+//   {op: "example", n}       the button of example n (1, 2, ...)
+//   {op: "tool", tool}       selects a tool ("brush", "fill", "eraser") without painting
 //   {op: "load", file}       a label PNG; with `error: name`, one the page must refuse: its
 //                            status line goes to result[name]
-//   {op: "read", name}       the last run's inputs and the output canvas's pixels -> result[name]
+//   {op: "read", name}       the last run's inputs, the output canvas's pixels and the page's
+//                            texts -> result[name]
+//   {op: "text", name}       the page's texts only: status, label map caption, footer
 //   {op: "screenshot", path}
-// Every editing step waits for the model run it triggers. Errors on the page fail the run.
+// Every editing step waits for the model run it triggers. Errors on the page fail the run; its
+// console messages are in result.messages ("type: text"), the errors also in result.console.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
@@ -19,10 +25,13 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync'],
 });
-const result = { console: [] };
+const result = { console: [], messages: [] };
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-  page.on('console', (m) => { if (m.type() === 'error') result.console.push(m.text()); });
+  page.on('console', (m) => {
+    result.messages.push(`${m.type()}: ${m.text()}`);
+    if (m.type() === 'error') result.console.push(m.text());
+  });
   page.on('pageerror', (e) => { throw e; });
   await page.goto(plan.url);
   await page.waitForFunction(() => window.demo && (window.demo.ready || window.demo.error), null, { timeout: 120000 });
@@ -30,6 +39,10 @@ try {
   if (err) throw new Error(`page: ${err}`);
   result.backend = await page.evaluate(() => window.demo.backend);
   const { W, H } = await page.evaluate(() => ({ W: window.demo.config.width, H: window.demo.config.height }));
+  const texts = () => {
+    const text = (sel) => document.querySelector(sel).innerText;
+    return { status: text('#status'), caption: text('#label + figcaption'), footer: text('#info') };
+  };
   let box = null;  // measured after the clicks that precede a stroke, which may scroll the page
   const at = ([x, y]) => [box.x + (x + 0.5) * box.width / W, box.y + (y + 0.5) * box.height / H];
 
@@ -60,8 +73,14 @@ try {
       await page.click('.tool[data-tool="fill"]');
       box = await page.locator('#label').boundingBox();
       await edit(() => page.mouse.click(...at([step.x, step.y])));
-    } else if (step.op === 'undo' || step.op === 'redo' || step.op === 'style') {
+    } else if (['undo', 'redo', 'style', 'clear'].includes(step.op)) {
       await edit(() => page.click(`#${step.op}`));
+    } else if (step.op === 'example') {
+      await edit(() => page.click(`#examples button:nth-child(${step.n})`));
+    } else if (step.op === 'tool') {
+      await page.click(`.tool[data-tool="${step.tool}"]`);
+    } else if (step.op === 'text') {
+      result[step.name] = await page.evaluate(texts);
     } else if (step.op === 'load' && step.error) {
       await page.setInputFiles('#load', step.file);
       await page.waitForSelector('#status.error', { timeout: 60000 });
@@ -74,8 +93,9 @@ try {
         const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         const x = d.last.inputs, plain = (a) => (a ? Array.from(a) : null);
         return { label: plain(x.label), instance: plain(x.instance), dist: plain(x.dist), z: plain(x.z),
-                 output: Array.from(px), ms: d.last.ms, status: document.getElementById('status').textContent };
+                 output: Array.from(px), ms: d.last.ms };
       });
+      Object.assign(result[step.name], await page.evaluate(texts));
     } else if (step.op === 'screenshot') {
       await page.screenshot({ path: step.path });
     } else {

@@ -9,6 +9,9 @@ const $ = (id) => document.getElementById(id);
 const demo = window.demo = { config: cfg, ready: false, runs: 0, last: null, error: null };
 
 let label = new Int32Array(H * W);
+// What the label map shows, for its caption: where it came from, whether it was edited since, and
+// whether it is the page's start (`initial`: the caption then says how to start blank).
+let map = { source: 'blank', edited: false, initial: false };
 let cls = Math.min(1, C - 1), tool = 'brush', size = 4;
 const undoStack = [], redoStack = [];
 let styleSeed = 1;
@@ -37,6 +40,14 @@ function status(text, error = false) {
   $('status').className = error ? 'error' : '';
 }
 
+const className = (i) => `${i} ${cfg.classes[i].name}`;
+function caption() {
+  const hint = map.initial && !map.edited ? ' (paint over it, or Clear to start blank)' : '';
+  $('source').textContent = `label map: ${map.source}${map.edited ? ', edited' : ''}${hint}`;
+  $('current').textContent = tool === 'eraser' ? `erasing (paints ${className(ERASE)})`
+    : tool === 'fill' ? `filling with ${className(cls)}` : `painting ${className(cls)}`;
+}
+
 // ---- palette ----------------------------------------------------------------------------------
 function buildPalette() {
   const ul = $('palette');
@@ -57,20 +68,27 @@ function buildPalette() {
 function selectClass(i) {
   cls = i;
   for (const li of $('palette').children) li.classList.toggle('active', +li.dataset.cls === i);
-  $('current').textContent = `painting ${i} ${cfg.classes[i].name}`;
   if (tool === 'eraser') setTool('brush');
+  else caption();
 }
 
 function setTool(t) {
   tool = t;
   for (const b of document.querySelectorAll('.tool')) b.classList.toggle('active', b.dataset.tool === t);
+  caption();
 }
 
 // ---- editing ----------------------------------------------------------------------------------
+const state = () => ({ label: label.slice(), map: { ...map } });
 function snapshot() {
-  undoStack.push(label.slice());
+  undoStack.push(state());
   if (undoStack.length > 100) undoStack.shift();
   redoStack.length = 0;
+}
+function edit() {  // before a stroke or fill
+  snapshot();
+  map.edited = true;
+  caption();
 }
 
 function stamp(cx, cy, value) {
@@ -115,7 +133,7 @@ $('label').addEventListener('pointerdown', (e) => {
   if (e.button !== 0) return;
   e.preventDefault();
   const [x, y] = pos(e);
-  snapshot();
+  edit();
   if (tool === 'fill') {
     fill(x, y, cls);
     drawLabel();
@@ -140,14 +158,22 @@ $('label').addEventListener('pointercancel', endStroke);
 
 function restore(from, to) {
   if (!from.length) return;
-  to.push(label.slice());
-  label = from.pop();
+  to.push(state());
+  ({ label, map } = from.pop());
   drawLabel();
+  caption();
   generate();
 }
 $('undo').onclick = () => restore(undoStack, redoStack);
 $('redo').onclick = () => restore(redoStack, undoStack);
-$('clear').onclick = () => { snapshot(); label.fill(ERASE); drawLabel(); generate(); };
+$('clear').onclick = () => {
+  snapshot();
+  label.fill(ERASE);
+  map = { source: `blank (all ${className(ERASE)})`, edited: false, initial: false };
+  drawLabel();
+  caption();
+  generate();
+};
 for (const b of document.querySelectorAll('.tool')) b.onclick = () => setTool(b.dataset.tool);
 $('size').onchange = () => { size = +$('size').value; };
 document.addEventListener('keydown', (e) => {
@@ -159,31 +185,40 @@ document.addEventListener('keydown', (e) => {
 });
 
 // ---- label PNGs in and out --------------------------------------------------------------------
-// A label PNG holds class ids (grey, as python -m export.infer reads) or the palette's colours.
-async function loadLabelPng(blob, name, record = true) {
+// A label PNG holds class ids (grey, as python -m export.infer reads them; RGB with R = G = B too)
+// or the palette's colours: it is read the way that explains every pixel. When neither does, the
+// error names the pixel where the reading that got further stopped, so a grey map with one id too
+// high is blamed on that pixel, not on its first one (where the palette reading stops: grey is not
+// a palette colour). `source` names the map in the caption.
+async function loadLabelPng(blob, name, source = name, record = true) {
   const bmp = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   const cv = new OffscreenCanvas(bmp.width, bmp.height);
   const ctx = cv.getContext('2d', { willReadFrequently: true });
   ctx.drawImage(bmp, 0, 0);
   const px = ctx.getImageData(0, 0, bmp.width, bmp.height).data;
   const n = bmp.width * bmp.height, ids = new Int32Array(n);
-  let grey = true, maxId = 0;
-  for (let i = 0; i < n; i++) {
-    if (px[4 * i] !== px[4 * i + 1] || px[4 * i] !== px[4 * i + 2]) { grey = false; break; }
-    maxId = Math.max(maxId, px[4 * i]);
-  }
-  if (grey && maxId < C) {
+  const isGrey = (i) => px[4 * i] === px[4 * i + 1] && px[4 * i] === px[4 * i + 2];
+  let idsStop = -1;
+  for (let i = 0; i < n && idsStop < 0; i++) if (!isGrey(i) || px[4 * i] >= C) idsStop = i;
+  if (idsStop < 0) {
     for (let i = 0; i < n; i++) ids[i] = px[4 * i];
   } else {
     const byColour = new Map(cfg.classes.map((c, i) => [(c.colour[0] << 16) | (c.colour[1] << 8) | c.colour[2], i]));
-    for (let i = 0; i < n; i++) {
+    let paletteStop = -1;
+    for (let i = 0; i < n && paletteStop < 0; i++) {
       const id = byColour.get((px[4 * i] << 16) | (px[4 * i + 1] << 8) | px[4 * i + 2]);
-      if (id === undefined) {
-        const x = i % bmp.width, y = (i - x) / bmp.width;
-        throw new Error(`${name}: pixel (${x}, ${y}) is ${grey ? `class ${px[4 * i]}, the model knows 0..${C - 1}`
-          : `colour (${px[4 * i]}, ${px[4 * i + 1]}, ${px[4 * i + 2]}), neither a class id nor a palette colour`}`);
-      }
-      ids[i] = id;
+      if (id === undefined) paletteStop = i;
+      else ids[i] = id;
+    }
+    if (paletteStop >= 0) {
+      const i = Math.max(idsStop, paletteStop), x = i % bmp.width, y = (i - x) / bmp.width;
+      const colour = `colour (${px[4 * i]}, ${px[4 * i + 1]}, ${px[4 * i + 2]})`;
+      let what;
+      if (idsStop >= paletteStop && isGrey(i)) what = `class ${px[4 * i]}, the model knows 0..${C - 1}`;
+      else if (idsStop === paletteStop) what = `${colour}, neither a class id nor a palette colour`;
+      else if (idsStop > paletteStop) what = `${colour}, not grey like the class ids before it`;
+      else what = `${colour}, not a palette colour like the pixels before it`;
+      throw new Error(`${name}: pixel (${x}, ${y}) is ${what}`);
     }
   }
   if (record) snapshot();
@@ -192,9 +227,10 @@ async function loadLabelPng(blob, name, record = true) {
       label[y * W + x] = ids[Math.floor(y * bmp.height / H) * bmp.width + Math.floor(x * bmp.width / W)];
     }
   }
-  drawLabel();
   const note = bmp.width !== W || bmp.height !== H ? ` (resized from ${bmp.width}x${bmp.height})` : '';
-  $('info').textContent = `loaded ${name}${note}`;
+  map = { source: `${source}${note}`, edited: false, initial: !record };
+  drawLabel();
+  caption();
   await generate();
 }
 $('load').onchange = async () => {
@@ -206,7 +242,9 @@ $('load').onchange = async () => {
 cfg.examples.forEach((path, i) => {
   const b = document.createElement('button');
   b.textContent = `Example ${i + 1}`;
-  b.onclick = async () => loadLabelPng(await (await fetch(path)).blob(), path);
+  b.onclick = async () => {
+    try { await loadLabelPng(await (await fetch(path)).blob(), path, `example ${i + 1}`); } catch (e) { status(e.message, true); }
+  };
   $('examples').appendChild(b);
 });
 
@@ -331,12 +369,45 @@ const SHAPES = { label: [1, H, W], instance: [1, H, W], dist: [1, H, W, 2], z: [
 const params = new URLSearchParams(location.search);
 const threads = self.crossOriginIsolated ? Math.min(+(params.get('threads') || navigator.hardwareConcurrency || 1), 8) : 1;
 
+// LiteRT.js's WebAssembly writes its native log (TFLite's "INFO: ...", "WARNING: ...") to stderr,
+// which Emscripten prints with console.error: a working page showed a dozen errors. Its loader
+// takes the print handlers from self.Module (createWasmLib in @litertjs/wasm-utils; the worker
+// threads forward to them), so each line goes to the console at the level it was logged at. The
+// NPU warning is known harmless: a browser has no NPU accelerator library for LiteRT to register.
+const HARMLESS_NATIVE = /NPU accelerator could not be loaded and registered/;
+function nativeLog(text) {
+  if (text.startsWith('INFO: ') || HARMLESS_NATIVE.test(text)) console.debug(text);
+  else if (text.startsWith('WARNING: ')) console.warn(text);
+  else console.error(text);
+}
+
+// LiteRT.js warns when it cannot create its default WebGPU device; with no GPU adapter at all
+// (headless, or a browser without WebGPU) that is the expected case, and the model runs on the CPU.
+async function loadLiteRtQuietly(lrt, path, options) {
+  const warn = console.warn;
+  console.warn = (...args) => {
+    if (typeof args[0] === 'string' && args[0].startsWith('Failed to create default WebGPU device') &&
+        (!navigator.gpu || /No GPU adapter found/.test(String(args[1])))) {
+      console.info('LiteRT.js: no WebGPU adapter, the model runs on the CPU');
+    } else {
+      warn.apply(console, args);
+    }
+  };
+  self.Module = { print: (text) => console.log(text), printErr: nativeLog };
+  try {
+    await lrt.loadLiteRt(path, options);
+  } finally {
+    console.warn = warn;
+  }
+}
+
 async function litert() {
   const lrt = await import('./vendor/litert/index.js');
-  await lrt.loadLiteRt(new URL('vendor/litert/wasm/', location.href).href, { threads: threads > 1 });
+  await loadLiteRtQuietly(lrt, new URL('vendor/litert/wasm/', location.href).href, { threads: threads > 1 });
   const want = params.get('accelerator') || 'auto';
   let model = null, accel = 'wasm';
-  if (want === 'webgpu' || (want === 'auto' && navigator.gpu && await navigator.gpu.requestAdapter().catch(() => null))) {
+  // LiteRT.js has already asked for an adapter: asking again would only repeat the browser's warning
+  if (want === 'webgpu' || (want === 'auto' && lrt.getWebGpuDevice())) {
     try { model = await lrt.loadAndCompile(cfg.model, { accelerator: 'webgpu' }); accel = 'webgpu'; } catch (e) { console.warn('WebGPU unavailable:', e); }
   }
   if (!model) model = await lrt.loadAndCompile(cfg.model, { accelerator: 'wasm', cpuOptions: { numThreads: threads } });
@@ -416,6 +487,7 @@ $('style').onclick = () => { styleSeed++; generate(); };
 
 buildPalette();
 drawLabel();
+caption();
 try {
   const t = performance.now();
   runner = await (cfg.runtime === 'ort' ? onnxruntime() : litert());
@@ -423,8 +495,10 @@ try {
   $('info').textContent = `${cfg.model} (${cfg.height}x${cfg.width}, ${C} classes${cfg.preset ? `, ${cfg.preset}` : ''}) ` +
     `loaded in ${(demo.loadMs / 1000).toFixed(1)} s · ${runner.backend}`;
   demo.backend = runner.backend;
+  // the page starts on example 1 rather than blank, so that the first look shows what the model
+  // does; the caption says so. Not an undoable edit.
   const first = await fetch(cfg.examples[0]);
-  await loadLabelPng(await first.blob(), cfg.examples[0], false);  // the start, not an undoable edit
+  await loadLabelPng(await first.blob(), cfg.examples[0], 'example 1', false);
   demo.ready = true;
 } catch (e) {
   demo.error = String(e);
