@@ -1,10 +1,13 @@
-"""What the exported-model benchmarks share: the random-weight generator they measure,
-its verified export, the timing job run in a guarded child, and the CLI help format.
+"""What the benchmarks share: the command-line frame of every `python -m benchmarks.X`
+(`--json`, `run_benchmark`: parse, run, print JSON or the table), the CLI help format,
+the random-weight generator the exported-model benchmarks measure, its verified export,
+and the timing jobs run in guarded children.
 
 Heavy imports stay inside the functions: a guarded child imports only what its job needs.
 """
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -14,6 +17,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The module docstring as written, and every option's default in `--help`."""
+
+
+def add_json_flag(parser, instead="a table"):
+    """`--json`: the result as one JSON object on stdout instead of `instead` (progress
+    lines go to stderr either way, so the JSON can be piped)."""
+    parser.add_argument("--json", action="store_true", help=f"print one JSON object instead of {instead}")
+
+
+def run_benchmark(argv, parse_args, bench, format_table, table_options=None):
+    """The `main()` of a benchmark: `parse_args(argv)`, `bench(args)`, then its result
+    printed as one JSON object (`--json`) or as `format_table(result,
+    **table_options(args))`; a `bench` that returns None (a preparation mode, e.g.
+    `benchmarks.quality --train-segmenter`) prints nothing. A SIGTERM ends the
+    benchmark through `SystemExit` (`benchmarks.guard.exit_on_sigterm`), so its guarded
+    children and temporary folders go with it. Returns the exit status, 0."""
+    from benchmarks.guard import exit_on_sigterm
+
+    exit_on_sigterm()
+    args = parse_args(argv)
+    result = bench(args)
+    if result is not None:
+        options = table_options(args) if table_options else {}
+        print(json.dumps(result) if args.json else format_table(result, **options))
+    return 0
 
 
 def machine():

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import HelpFormatter, machine
+from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--torch-python", metavar="PATH",
                    help="a Python with torch and pytorch-fid: also time pytorch-fid (None: ours only)")
     p.add_argument("--rounds", type=int, default=1, help="timed runs per side, alternating")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json_flag(p)
     args = p.parse_args(argv)
     for name in ("images", "batch_size", "rounds"):
         if getattr(args, name) < 1:
@@ -210,13 +210,7 @@ def format_table(result):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    from benchmarks.guard import exit_on_sigterm
-
-    exit_on_sigterm()
-    result = bench(args)
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
+    return run_benchmark(argv, parse_args, bench, format_table)
 
 
 if __name__ == "__main__":

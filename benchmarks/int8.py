@@ -22,7 +22,6 @@ each version's ratio to the current code.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -30,8 +29,8 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import HelpFormatter, machine
-from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb, exit_on_sigterm, failure_line, run_guarded
+from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark
+from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb, failure_line, run_guarded
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -187,7 +186,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per process first")
     p.add_argument("--memory-limit-mb", type=float, help="kill a child above this resident memory "
                    "(default: 75 %% of RAM)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json_flag(p)
     args = p.parse_args(argv)
     if args.run and not os.path.isfile(os.path.join(args.run, "config.json")):
         p.error(f"--run {args.run}: not a run directory (no config.json)")
@@ -195,11 +194,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    exit_on_sigterm()
-    args = parse_args(argv)
-    result = bench_int8(args)
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
+    return run_benchmark(argv, parse_args, bench_int8, format_table)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,14 @@ the fresh-process rounds by 10-20 % on a shared box.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 
-from benchmarks.common import HelpFormatter, machine, size_bytes, split
-from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb, exit_on_sigterm
+from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark, size_bytes, split
+from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -273,7 +272,7 @@ def parse_args(argv=None):
                         "exported with torch.onnx, in onnxruntime, on the same weights (ours imported from it)")
     p.add_argument("--torch-python", metavar="PYTHON",
                    help="with --official: a Python that has torch, torchvision and onnx")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json_flag(p)
     p.add_argument("--plot", metavar="FILE", help="bar chart PNG of latency per mode and format")
     args = p.parse_args(argv)
     if args.official:
@@ -285,14 +284,15 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    exit_on_sigterm()
-    args = parse_args(argv)
+def bench_and_plot(args):
     result = bench_latency(args)
     if args.plot:
         plot_latency(result, args.plot)
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
+    return result
+
+
+def main(argv=None):
+    return run_benchmark(argv, parse_args, bench_and_plot, format_table)
 
 
 if __name__ == "__main__":

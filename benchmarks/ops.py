@@ -23,12 +23,11 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import HelpFormatter, load_runner, median_ms, split
+from benchmarks.common import HelpFormatter, add_json_flag, load_runner, median_ms, run_benchmark, split
 from benchmarks.guard import (
     ROOT,
     call_guarded,
     default_memory_limit_mb,
-    exit_on_sigterm,
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -198,16 +197,12 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="unprofiled calls before the timed ones")
     p.add_argument("--memory-limit-mb", type=float,
                    help="kill an export or onnxruntime child above this resident memory (None: 75%% of RAM)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    add_json_flag(p, "tables")
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    exit_on_sigterm()
-    args = parse_args(argv)
-    result = bench_ops(args)
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
+    return run_benchmark(argv, parse_args, bench_ops, format_table)
 
 
 if __name__ == "__main__":

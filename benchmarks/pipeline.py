@@ -17,13 +17,12 @@ such object per path under "paths").
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
-from benchmarks.common import HelpFormatter, machine
+from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -88,7 +87,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="batch size")
     p.add_argument("--batches", type=int, default=30, help="timed batches")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
-    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    add_json_flag(p, "lines")
     args = p.parse_args(argv)
     for name in ("count", "batch_size", "batches"):
         if getattr(args, name) < 1:
@@ -100,8 +99,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def bench(args):
     from clade_tf.data.cache import prepare
     from clade_tf.presets import get_preset
 
@@ -114,13 +112,10 @@ def main(argv=None):
             root = make_ade20k_like(os.path.join(tmp, "data"), args.count)
             made = time.perf_counter() - t
         data = preset.data_config(dataroot=root, cache=args.cache)
-        lines, paths = [], {}
+        paths = {}
 
         def run(name, d, icpe):
-            r = measure(d, icpe, args.batch_size, args.batches, args.warmup)
-            paths[name] = r
-            lines.append(f"{name:<24} {r['images_per_second']:8.1f} images/s  "
-                         f"({r['images_per_second_per_core']:.1f} per core, {r['cores']} cores)")
+            paths[name] = measure(d, icpe, args.batch_size, args.batches, args.warmup)
 
         if args.compare:
             run("raw files", _replace(data, None), False)
@@ -137,12 +132,22 @@ def main(argv=None):
         else:
             run("prepared cache" if args.cache else "raw files", data, args.icpe)
             result = {**next(iter(paths.values())), "dataset": args.dataset, "machine": machine()}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"data pipeline, {args.dataset}, batch {args.batch_size}, {machine()}")
-        print("\n".join(lines))
-    return 0
+    return result
+
+
+def format_table(result):
+    """A line per measured path (`--compare`: four, named; else the one measured)."""
+    paths = result.get("paths") or {"prepared cache" if result["cache"] else "raw files": result}
+    batch = next(iter(paths.values()))["batch_size"]
+    lines = [f"data pipeline, {result['dataset']}, batch {batch}, {result['machine']}"]
+    for name, r in paths.items():
+        lines.append(f"{name:<24} {r['images_per_second']:8.1f} images/s  "
+                     f"({r['images_per_second_per_core']:.1f} per core, {r['cores']} cores)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    return run_benchmark(argv, parse_args, bench, format_table)
 
 
 def _replace(data, cache):

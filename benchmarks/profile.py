@@ -10,11 +10,10 @@ adds the table modulation), normalization itself excluded.
 """
 
 import argparse
-import json
 import os
 import sys
 
-from benchmarks.common import HelpFormatter
+from benchmarks.common import HelpFormatter, add_json_flag, run_benchmark
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -30,7 +29,7 @@ def parse_args(argv=None):
                    help="profile the VAE-mode generator (z -> Dense) instead of label-map input")
     p.add_argument("--param-free-norm", default="syncbatch", choices=("syncbatch", "batch", "instance"),
                    help="parameter-free normalization inside the norm layers")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json_flag(p)
     return p.parse_args(argv)
 
 
@@ -60,10 +59,7 @@ def format_table(result):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    result = run(args)
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
+    return run_benchmark(argv, parse_args, run, format_table)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from benchmarks.common import HelpFormatter, machine, split
+from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark, split
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -273,7 +273,7 @@ def parse_args(argv=None):
     p.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="segmenter weights (.weights.h5)")
     p.add_argument("--train-segmenter", action="store_true",
                    help="train the segmenter on real images (deterministic) and write it to --segmenter")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json_flag(p)
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--plot", metavar="FILE", help="bar chart PNG (and FILE-samples.png, a sample grid per mode)")
     p.add_argument("--save", metavar="FILE", help="write the JSON here after every run")
@@ -291,21 +291,23 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
+    """`--train-segmenter` (nothing to print), or the benchmark, plotted with `--plot`; its
+    progress lines go to stderr with `--json`."""
     if args.train_segmenter:
         train_segmenter(args)
-        return 0
+        return None
     quiet = args.json
     result = bench_quality(args, progress=(lambda m: print(m, file=sys.stderr, flush=True)) if quiet else
                            (lambda m: print(m, flush=True)))
     if args.plot:
         plot_quality(result, args.plot)
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "samples"}))
-    else:
-        print(format_table(result, markdown=args.markdown))
-    return 0
+    result.pop("samples")  # the figure's arrays, not a result
+    return result
+
+
+def main(argv=None):
+    return run_benchmark(argv, parse_args, run, format_table, table_options=lambda args: {"markdown": args.markdown})
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import re
 import sys
 import time
 
-from benchmarks.common import HelpFormatter, machine, split
+from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark, split
 from benchmarks.guard import ROOT
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -344,7 +344,7 @@ def parse_args(argv=None):
                    help="also time the official PyTorch step: a local copy of github.com/tzt101/CLADE")
     p.add_argument("--torch-python", metavar="PYTHON",
                    help="with --official: a Python that has torch and torchvision")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json_flag(p)
     args = p.parse_args(argv)
     bad = [x for x in split(args.preset) if x not in PRESETS]
     if bad or not split(args.preset):
@@ -359,10 +359,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    result = bench_train(args)
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
+    return run_benchmark(argv, parse_args, bench_train, format_table)
 
 
 if __name__ == "__main__":

@@ -43,15 +43,14 @@ shipped model is built with; the library's layers are not changed.
 
 import argparse
 import functools
-import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 
-from benchmarks.common import HelpFormatter, split
-from benchmarks.guard import call_guarded, default_memory_limit_mb, exit_on_sigterm
+from benchmarks.common import HelpFormatter, add_json_flag, run_benchmark, split
+from benchmarks.guard import call_guarded, default_memory_limit_mb
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -306,7 +305,7 @@ def parse_args(argv=None):
                         "alternating pairs (0: no pairing)")
     p.add_argument("--profile", action="store_true",
                    help="after the timed rounds, profile every model per op (as `benchmarks.ops`)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json_flag(p)
     args = p.parse_args(argv)
     bad = [v for v in split(args.variants) if v not in VARIANTS + ("none",)]
     if bad:
@@ -317,11 +316,9 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def bench_variants(args):
     from clade_tf.export import FORMATS
 
-    exit_on_sigterm()
-    args = parse_args(argv)
     variants = ["none"] + [v for v in split(args.variants) if v != "none"]
     formats = split(args.formats)
     limit = args.memory_limit_mb or default_memory_limit_mb()
@@ -359,21 +356,24 @@ def main(argv=None):
             r = result["variants"][v][fmt]
             r["median_ms"] = statistics.median(r["round_ms"])
             r["ratio_to_none"] = r["median_ms"] / base
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"CLADE lookup variants, preset {args.preset}, {args.threads} threads, "
-              f"median of {args.rounds} interleaved rounds")
-        for fmt in formats:
-            for v in (v for v in variants if fmt in result["variants"][v]):
-                r = result["variants"][v][fmt]
-                print(f"  {fmt:<12} {v:<7} {r['median_ms']:8.1f} ms  x{r['ratio_to_none']:.3f}  "
-                      f"rel_l2 {r['rel_l2']:.1e}  rounds {' '.join(f'{x:.0f}' for x in r['round_ms'])}")
-        for line in format_pairs(result):
-            print(line)
-        for line in format_profiles(result):
-            print(line)
-    return 0
+    return result
+
+
+def format_table(result):
+    lines = [f"CLADE lookup variants, preset {result['preset']}, {result['threads']} threads, "
+             f"median of {result['rounds']} interleaved rounds"]
+    for fmt in result["formats"]:
+        for v, per_format in result["variants"].items():
+            if fmt not in per_format:
+                continue
+            r = per_format[fmt]
+            lines.append(f"  {fmt:<12} {v:<7} {r['median_ms']:8.1f} ms  x{r['ratio_to_none']:.3f}  "
+                         f"rel_l2 {r['rel_l2']:.1e}  rounds {' '.join(f'{x:.0f}' for x in r['round_ms'])}")
+    return "\n".join(lines + format_pairs(result) + format_profiles(result))
+
+
+def main(argv=None):
+    return run_benchmark(argv, parse_args, bench_variants, format_table)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import HelpFormatter, machine, size_bytes
-from benchmarks.guard import call_guarded, default_memory_limit_mb, exit_on_sigterm
+from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark, size_bytes
+from benchmarks.guard import call_guarded, default_memory_limit_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIME = {"tflite-fp32": "litert", "tflite-fp16": "litert", "tflite-int8-dynamic": "litert",
@@ -131,7 +131,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before them")
     p.add_argument("--rounds", type=int, default=3,
                    help="native and browser timings alternate this many times per file; the median is reported")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_json_flag(p)
     args = p.parse_args(argv)
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in args.formats if f not in RUNTIME]
@@ -143,11 +143,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    exit_on_sigterm()
-    args = parse_args(argv)
-    result = bench(args)
-    print(json.dumps(result) if args.json else format_table(result))
-    return 0
+    return run_benchmark(argv, parse_args, bench, format_table)
 
 
 if __name__ == "__main__":

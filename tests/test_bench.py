@@ -460,3 +460,40 @@ def test_int8_exports_a_run_through_the_library_in_its_child(tmp_path):
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     assert report["calibration"] == "run data (4 samples)"  # the run's data, as python -m export calibrates
+
+
+def test_run_benchmark_prints_json_or_the_table_with_its_options(capsys):
+    from benchmarks import common
+
+    def parse_args(argv):
+        p = argparse.ArgumentParser()
+        p.add_argument("--markdown", action="store_true")
+        common.add_json_flag(p)
+        return p.parse_args(argv)
+
+    def format_table(result, markdown=False):
+        return f"{'|' if markdown else ''}n={result['n']}"
+
+    bench = lambda args: {"n": 3}  # noqa: E731
+    options = lambda args: {"markdown": args.markdown}  # noqa: E731
+    assert common.run_benchmark(["--json"], parse_args, bench, format_table, options) == 0
+    assert capsys.readouterr().out == '{"n": 3}\n'
+    common.run_benchmark([], parse_args, bench, format_table, options)
+    assert capsys.readouterr().out == "n=3\n"
+    common.run_benchmark(["--markdown"], parse_args, bench, format_table, options)
+    assert capsys.readouterr().out == "|n=3\n"
+    # a preparation mode returns None: nothing to print
+    common.run_benchmark([], parse_args, lambda args: None, format_table)
+    assert capsys.readouterr().out == ""
+
+
+def test_pipeline_table_names_each_measured_path():
+    from benchmarks import pipeline
+
+    r = {"images_per_second": 20.0, "images_per_second_per_core": 10.0, "cores": 2, "cache": True,
+         "icpe": False, "batch_size": 4}
+    single = pipeline.format_table({**r, "dataset": "ade20k", "machine": "m"})
+    assert single.splitlines() == ["data pipeline, ade20k, batch 4, m",
+                                   "prepared cache               20.0 images/s  (10.0 per core, 2 cores)"]
+    both = pipeline.format_table({"dataset": "ade20k", "machine": "m", "paths": {"raw files": r, "raw files + ICPE": r}})
+    assert [line.split("  ")[0].strip() for line in both.splitlines()[1:]] == ["raw files", "raw files + ICPE"]
