@@ -212,8 +212,10 @@ def check_out(out, many):
         if os.path.isdir(out):
             raise InferError(f"--out {out} is a folder; one label map gives one PNG: name a file")
         parent = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(parent):
+        if not os.path.exists(parent):  # refused rather than created: a typo would scatter folders
             raise InferError(f"--out {out}: the folder {parent} does not exist; create it or name another file")
+        if not os.path.isdir(parent):
+            raise InferError(f"--out {out}: {parent} is a file, not a folder")
         check_writable(parent, flag=f"--out {out}: the folder")
     except OutputError as e:
         raise InferError(str(e)) from None

@@ -76,7 +76,7 @@ def test_timing_children_do_not_import_tensorflow():
     loading the runner must not import TensorFlow."""
     code = ("import sys\nfrom benchmarks.common import load_runner\n"
             "try:\n    load_runner('missing.tflite')\nexcept ValueError as e:\n    print(e)\n"
-            "print('tensorflow' in sys.modules, 'clade_tf' in sys.modules)")
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["missing.tflite not found", "False False"]
 
