@@ -89,13 +89,14 @@ def test_a_failed_conversion_shows_all_it_printed(capfd, monkeypatch):
 
 @pytest.mark.slow
 def test_python_m_export_output_holds_none_of_the_known_harmless_lines(tmp_path):
+    """Full-integer int8 and its explanation (a conversion per layer group) included."""
     from test_export import make_synthetic_run
 
     run, _, _ = make_synthetic_run(tmp_path)
     p = subprocess.run([sys.executable, "-m", "export", "--run", run, "--out", str(tmp_path / "exp"),
-                        "--formats", "tflite-fp32,tflite-int8"], cwd=ROOT, capture_output=True, text=True,
+                        "--formats", "tflite-fp32,tflite-int8", "--explain-int8"], cwd=ROOT, capture_output=True, text=True,
                        timeout=600, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     printed = p.stdout + p.stderr
     assert not [h for h in HARMLESS if h in printed], printed
-    assert "model_int8.tflite" in p.stdout and "wrote" in p.stdout
+    assert "model_int8.tflite" in p.stdout and "int8 in conv_img" in p.stdout and "wrote" in p.stdout

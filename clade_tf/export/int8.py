@@ -60,10 +60,12 @@ def explain_int8(generator, fn, names, calibration, check, reference, compare):
     `calibration`: the export's int8 representative inputs (list of input dicts);
     `compare`: `(out, ref) -> (rel_l2, psnr_db)`.
     """
-    from clade_tf.export.converters import int8_converter, representative_samples
+    from clade_tf.export.converters import int8_converter, quiet_conversion, representative_samples
 
     groups = layer_groups(generator)
-    with warnings.catch_warnings():  # the debugger's own interpreter is TF's deprecated one
+    # the debugger converts once per group, printing the converter's known-harmless lines each
+    # time (quiet_conversion); its own interpreter is TF's deprecated one (that warning ignored)
+    with quiet_conversion(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=int8_converter(fn, names, calibration),
