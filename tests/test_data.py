@@ -11,14 +11,8 @@ from scipy import ndimage
 from clade_tf.data import folders, pipeline, sources, synthetic
 from clade_tf.data.icpe import flip_distance_map, icpe_distance_map, instance_edge_map
 
-RNG = np.random.default_rng(3)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rng():
-    """Each test draws its random inputs from the same seed, whichever tests ran before it."""
-    global RNG
-    RNG = np.random.default_rng(3)
+RNG_SEED = 3  # tests/conftest.py resets RNG to it before each test
+RNG = np.random.default_rng(RNG_SEED)
 
 
 # --- synthetic -------------------------------------------------------------------------

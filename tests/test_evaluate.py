@@ -14,12 +14,12 @@ import fid_reference
 from clade_tf import presets
 from clade_tf.config import EvalConfig, MonitorConfig, OptimConfig
 from clade_tf.rundir import RunDirectory
+from conftest import TINY
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF = dict(np.load(os.path.join(HERE, "fixtures", "fid_inception", "reference.npz")))
 SHAPES = json.loads(str(REF["state_dict_shapes"]))
 CONV_SHAPES = {k.removesuffix(".conv.weight"): tuple(s) for k, s in SHAPES.items() if k.endswith(".conv.weight")}
-TINY = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32, ngf=8, ndf=8, batch_size=4)
 
 
 @pytest.fixture(scope="module")

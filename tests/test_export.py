@@ -14,9 +14,11 @@ from clade_tf import Generator, GeneratorConfig, presets
 from clade_tf.config import OptimConfig, RunConfig
 from clade_tf.export import exporter, runtime
 from clade_tf.rundir import RunDirectory
+from conftest import TINY
 from export.__main__ import main as export_main
 
-TINY = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32, ngf=4)
+# ngf 4: the export tests convert every format, and the generator's size sets their time
+TINY = TINY.replace(ngf=4)
 
 
 @pytest.fixture
@@ -263,7 +265,6 @@ def make_synthetic_run(tmp_path, norm="clade-icpe", **data):
 
 def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
     from clade_tf.data import pipeline, sources
-
     from clade_tf.export import converters
 
     run, cfg, rcfg = make_synthetic_run(tmp_path)

@@ -21,16 +21,10 @@ import pytest
 from clade_tf import presets, rundir
 from clade_tf.config import MonitorConfig, OptimConfig
 from clade_tf.rundir import RunDirectory
+from conftest import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-
-TINY = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32, ngf=8, ndf=8, batch_size=4)
-
-
-@pytest.fixture
-def tiny_preset(monkeypatch):
-    monkeypatch.setitem(presets.PRESETS, "synthetic", TINY)
 
 
 def tiny_cfg(steps=2):

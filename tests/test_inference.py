@@ -7,14 +7,8 @@ import tensorflow as tf
 from clade_tf import Generator, GeneratorConfig
 from clade_tf.inference import calibrate_batch_norm, fold_for_inference
 
-RNG = np.random.default_rng(5)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rng():
-    """Each test draws its random inputs from the same seed, whichever tests ran before it."""
-    global RNG
-    RNG = np.random.default_rng(5)
+RNG_SEED = 5  # tests/conftest.py resets RNG to it before each test
+RNG = np.random.default_rng(RNG_SEED)
 
 
 def inputs(cfg, n=2):
