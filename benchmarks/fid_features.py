@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark
+from benchmarks.common import add_json_flag, machine, run_benchmark
+from clade_tf.cli import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -79,8 +80,7 @@ def parse_size(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.fid_features", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.fid_features", description=__doc__)
     p.add_argument("--images", type=int, default=500, help="number of images")
     p.add_argument("--size", type=parse_size, default="256x256", metavar="HxW", help="image size, height x width")
     p.add_argument("--batch-size", type=int, default=50, help="images per batch (pytorch-fid's default is 50)")

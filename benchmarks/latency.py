@@ -28,15 +28,15 @@ the median per-pair ratio (with quartiles) cancels the machine's drift, which mo
 the fresh-process rounds by 10-20 % on a shared box.
 """
 
-import argparse
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 
-from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark, size_bytes, split
+from benchmarks.common import add_json_flag, machine, run_benchmark, size_bytes, split
 from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb
+from clade_tf.cli import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -250,8 +250,7 @@ def parse_args(argv=None):
     from clade_tf.export import FORMATS
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.latency", description=__doc__)
     p.add_argument("--preset", default="ade20k", choices=sorted(PRESETS),
                    help="dataset preset whose generator is measured")
     p.add_argument("--norm", default="none,clade,clade-icpe,spade", help="comma-separated norm modes")

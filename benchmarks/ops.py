@@ -13,7 +13,6 @@ Each norm mode's random-weight generator (BatchNorm calibrated, as
   `perf` on the machine that part is reported as missing.
 """
 
-import argparse
 import collections
 import json
 import os
@@ -23,12 +22,13 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import HelpFormatter, add_json_flag, load_runner, median_ms, run_benchmark, split
+from benchmarks.common import add_json_flag, load_runner, median_ms, run_benchmark, split
 from benchmarks.guard import (
     ROOT,
     call_guarded,
     default_memory_limit_mb,
 )
+from clade_tf.cli import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -187,8 +187,7 @@ def format_table(result):
 def parse_args(argv=None):
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ops", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.ops", description=__doc__)
     p.add_argument("--preset", default="ade20k", choices=sorted(PRESETS),
                    help="dataset preset whose generator is profiled")
     p.add_argument("--norm", default="none,clade", help="comma-separated norm modes")

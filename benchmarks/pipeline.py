@@ -16,13 +16,13 @@ Timed: `--batches` batches after `--warmup` batches; `--json` prints
 such object per path under "paths").
 """
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
-from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark
+from benchmarks.common import add_json_flag, machine, run_benchmark
+from clade_tf.cli import ArgumentParser, positive_int
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -75,23 +75,19 @@ def measure(data, icpe, batch_size, batches, warmup, seed=0):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__)
     p.add_argument("--dataset", default="ade20k", choices=["ade20k"], help="dataset layout and preset")
     p.add_argument("--dataroot", help="dataset folder (default: an ADE20K-sized folder made in a temporary dir)")
-    p.add_argument("--count", type=int, default=300, help="pairs in the made folder")
+    p.add_argument("--count", type=positive_int, default=300, help="pairs in the made folder")
     p.add_argument("--cache", help="a prepared cache of --dataroot (python -m train.prepare)")
     p.add_argument("--icpe", action="store_true", help="include the CLADE-ICPE positional maps")
     p.add_argument("--compare", action="store_true",
                    help="raw files without / with ICPE maps, then a prepared cache without / with them, in one run")
-    p.add_argument("--batch-size", type=int, default=16, help="batch size")
-    p.add_argument("--batches", type=int, default=30, help="timed batches")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="batch size")
+    p.add_argument("--batches", type=positive_int, default=30, help="timed batches")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     add_json_flag(p, "lines")
     args = p.parse_args(argv)
-    for name in ("count", "batch_size", "batches"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 1")
     if args.dataroot and not os.path.isdir(args.dataroot):
         p.error(f"--dataroot {args.dataroot}: not found")
     if args.cache and not os.path.isdir(args.cache):

@@ -9,11 +9,11 @@ elementwise operations (CLADE: x*gamma + beta; SPADE: x*(1+gamma) + beta; ICPE
 adds the table modulation), normalization itself excluded.
 """
 
-import argparse
 import os
 import sys
 
-from benchmarks.common import HelpFormatter, add_json_flag, run_benchmark
+from benchmarks.common import add_json_flag, run_benchmark
+from clade_tf.cli import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -21,8 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def parse_args(argv=None):
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.profile", description=__doc__)
     p.add_argument("--preset", default="ade20k", choices=sorted(PRESETS),
                    help="dataset preset whose generator is profiled")
     p.add_argument("--use-vae", action="store_true",

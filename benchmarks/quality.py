@@ -24,13 +24,13 @@ is close to label-blind. `seconds_per_step` is the wall time of the training ste
 after the first (which traces), data loading included.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 
-from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark, split
+from benchmarks.common import add_json_flag, machine, run_benchmark, split
+from clade_tf.cli import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -261,8 +261,7 @@ def plot_quality(result, path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.quality", description=__doc__)
     p.add_argument("--dataset", default="synthetic-scenes", choices=["synthetic-scenes"],
                    help="procedural dataset with a segmenter and structure scores")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated norm modes")

@@ -25,7 +25,6 @@ computing in the policy's dtype); a row that fails to build, is not mixed precis
 or fails to train reports why in one line and the other rows run on.
 """
 
-import argparse
 import json
 import logging
 import math
@@ -34,8 +33,9 @@ import re
 import sys
 import time
 
-from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark, split
+from benchmarks.common import add_json_flag, machine, run_benchmark, split
 from benchmarks.guard import ROOT
+from clade_tf.cli import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -325,8 +325,7 @@ def format_table(result):
 def parse_args(argv=None):
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__)
     p.add_argument("--preset", default="synthetic",
                    help="comma-separated dataset presets (image size, classes, network widths, default "
                         "batch size), of: " + ", ".join(sorted(PRESETS)))

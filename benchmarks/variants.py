@@ -41,7 +41,6 @@ compute the lookup differently (`variant_classes`), plugged into the factories t
 shipped model is built with; the library's layers are not changed.
 """
 
-import argparse
 import functools
 import os
 import shutil
@@ -49,8 +48,9 @@ import statistics
 import sys
 import tempfile
 
-from benchmarks.common import HelpFormatter, add_json_flag, run_benchmark, split
+from benchmarks.common import add_json_flag, run_benchmark, split
 from benchmarks.guard import call_guarded, default_memory_limit_mb
+from clade_tf.cli import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -285,8 +285,7 @@ def format_profiles(result):
 def parse_args(argv=None):
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.variants", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.variants", description=__doc__)
     p.add_argument("--preset", default="ade20k", choices=sorted(PRESETS),
                    help="dataset preset whose CLADE generator is measured")
     p.add_argument("--variants", default=",".join(VARIANTS),

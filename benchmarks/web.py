@@ -16,7 +16,6 @@ time (runtime + model) and the browser's resident memory after the runs (all its
 reported.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -25,8 +24,9 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark, size_bytes
+from benchmarks.common import add_json_flag, machine, run_benchmark, size_bytes
 from benchmarks.guard import call_guarded, default_memory_limit_mb
+from clade_tf.cli import ArgumentParser, positive_int
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIME = {"tflite-fp32": "litert", "tflite-fp16": "litert", "tflite-int8-dynamic": "litert",
@@ -121,15 +121,15 @@ def format_table(result):
 def parse_args(argv=None):
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.web", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.web", description=__doc__)
     p.add_argument("--preset", default="synthetic", choices=sorted(PRESETS), help="generator measured")
     p.add_argument("--norm", default="clade", choices=("clade", "clade-icpe", "spade", "none"), help="norm mode")
     p.add_argument("--formats", default="tflite-fp32,tflite-int8,onnx",
                    help="comma-separated, some of: " + ", ".join(RUNTIME))
-    p.add_argument("--threads", type=int, default=2, help="threads of every runtime, native and WebAssembly")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads of every runtime, native and WebAssembly")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed calls")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before them")
-    p.add_argument("--rounds", type=int, default=3,
+    p.add_argument("--rounds", type=positive_int, default=3,
                    help="native and browser timings alternate this many times per file; the median is reported")
     add_json_flag(p)
     args = p.parse_args(argv)
@@ -137,8 +137,8 @@ def parse_args(argv=None):
     bad = [f for f in args.formats if f not in RUNTIME]
     if bad or not args.formats:
         p.error(f"--formats: {', '.join(bad) or 'none given'}; expected some of {', '.join(RUNTIME)}")
-    if args.threads < 1 or args.repeats < 1 or args.rounds < 1 or args.warmup < 0:
-        p.error("--threads, --repeats and --rounds must be >= 1, --warmup >= 0")
+    if args.warmup < 0:
+        p.error(f"--warmup {args.warmup}: expected >= 0")
     return args
 
 
