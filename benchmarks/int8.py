@@ -21,7 +21,6 @@ median of `--repeats` calls after `--warmup`); the median over rounds is reporte
 each version's ratio to the current code.
 """
 
-import argparse
 import os
 import shutil
 import statistics
@@ -29,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import HelpFormatter, add_json_flag, machine, run_benchmark
+from benchmarks.common import add_json_flag, machine, run_benchmark
 from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb, failure_line, run_guarded
+from clade_tf.cli import ArgumentParser
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -170,8 +170,7 @@ def parse_args(argv=None):
     from clade_tf.export.exporter import CALIBRATION_SAMPLES
     from clade_tf.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__,
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.int8", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory (python -m train) to export")
     src.add_argument("--preset", choices=sorted(PRESETS), help="the preset's random-weight generator")
