@@ -8,8 +8,8 @@
 model_fp32.tflite, else model.onnx, else saved_model/), or one SavedModel directory,
 `.tflite` or `.onnx` file of it. The export's `report.json` gives the size, class count
 and don't-care class; a model file copied out of its export runs too (its inputs and size
-are read from the model, class ids are not checked), except a CLADE-ICPE one, which needs
-the report's don't-care class.
+are read from the model, class ids are not checked; a CLADE-ICPE one needs `--preset`, the
+dataset whose don't-care class its positional maps leave out).
 
 A label PNG holds class ids (a single-channel PNG) or, as the web page accepts, the
 colours of the preset's palette (`--preset`, else the preset that matches the model); a
@@ -53,19 +53,21 @@ class Contract:
                    export.z_dim, export.generator)
 
     @classmethod
-    def of_runner(cls, model, runner):
-        """From the model file alone (copied out of its export: no report.json beside it)."""
+    def of_runner(cls, model, runner, preset=None):
+        """From the model file alone (copied out of its export: no report.json beside it); the
+        don't-care class, which CLADE-ICPE needs, from `preset` (a `Preset`)."""
         shapes = runner.input_shapes
         label = shapes.get("label")
         if label is None or len(label) != 3 or None in label[1:]:
             raise InferError(f"--model {model}: no report.json beside it and no label input of a fixed [N, H, W] "
                              "shape in the model; name the export directory of python -m export")
-        if "dist" in runner.input_names:
-            raise InferError(f"--model {model}: a CLADE-ICPE model needs its export's report.json (the don't-care "
-                             "class of its positional maps); copy report.json beside the model or name the export "
-                             "directory")
+        if "dist" in runner.input_names and preset is None:
+            raise InferError(f"--model {model}: a CLADE-ICPE model needs the don't-care class of its positional "
+                             "maps: copy the export's report.json beside the model, name the export directory, or "
+                             "pass --preset NAME (the dataset it was trained on)")
         z = shapes.get("z")
-        return cls(runner.input_names, label[1], label[2], z_dim=z[-1] if z else None)
+        dontcare = preset.data_config().dontcare_class if preset is not None else None
+        return cls(runner.input_names, label[1], label[2], dontcare_class=dontcare, z_dim=z[-1] if z else None)
 
 
 def resolve_model(model):
@@ -248,7 +250,7 @@ def run(args):
     if export is not None:
         contract = Contract.of_export(export)
     else:
-        contract = Contract.of_runner(model, runner)
+        contract = Contract.of_runner(model, runner, PRESETS.get(args.preset))
         notice(f"{model}: no report.json beside it: inputs and size ({contract.width}x{contract.height}) read "
                "from the model, class ids not checked (copy the export's report.json beside it to check them)")
         if "instance" in contract.inputs and not args.instances:
