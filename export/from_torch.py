@@ -114,7 +114,7 @@ def main(argv=None):
     from clade_tf.presets import PRESETS
 
     p = ArgumentParser(prog="python -m export.from_torch", description=__doc__)
-    p.add_argument("checkpoint", help="official generator checkpoint (*_net_G.pth, torch.save zip format)")
+    p.add_argument("checkpoint", help="official generator checkpoint (*_net_G.pth; torch.save zip or legacy format)")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--norm", choices=("clade", "clade-icpe", "spade"), help="expected norm mode (checked)")
