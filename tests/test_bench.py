@@ -354,9 +354,9 @@ def test_mixed_precision_check_reads_the_layers_not_the_model_policy():
     cfg = get_preset("synthetic").run_config("clade", optim=OptimConfig(batch_size=1, mixed_precision="bfloat16"))
     gan = build_gan(cfg)
     error, in_f32 = train_step.precision_check(gan, "bfloat16")
-    convs = [l for net in (gan.generator, gan.discriminator) for l in net._flatten_layers(include_self=False)
-             if getattr(l, "kernel", None) is not None]
-    n_f32 = sum(l.compute_dtype != "bfloat16" for l in convs)
+    convs = [layer for net in (gan.generator, gan.discriminator) for layer in net._flatten_layers(include_self=False)
+             if getattr(layer, "kernel", None) is not None]
+    n_f32 = sum(layer.compute_dtype != "bfloat16" for layer in convs)
     assert len(in_f32) == n_f32
     assert (error is not None) == (2 * n_f32 > len(convs))
     assert train_step.precision_check(gan, "float32") == (None, [])

@@ -73,7 +73,8 @@ def test_export_all_formats_verified_with_one_contract(tmp_path, capsys):
     assert export_main(["--run", run, "--out", out]) == 0
     files = sorted(os.listdir(out))
     assert files == sorted(list(runtime.FORMATS.values()) + ["report.json"])
-    report = json.loads(open(os.path.join(out, "report.json")).read())
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
     # each file, run here on inputs the exporter did not verify on, against the Keras model: within
     # its format's limit (fp16/int8 limits are against fp32 TFLite, which is within 1e-4 of Keras)
     g, _ = RunDirectory(run).load_generator()
@@ -216,14 +217,14 @@ def test_weights_errors_are_one_line(tiny_synthetic, tmp_path, capsys):
     g.save_weights(weights)
     base = ["--weights", weights, "--preset", "synthetic", "--out", str(tmp_path / "e"), "--formats", "tflite"]
     cases = [
-        (["--norm", "spade"], f"error: {weights} does not match preset synthetic / norm spade "
-                              "(param-free norm syncbatch): A total of"),
+        (["--norm", "spade"], (f"error: {weights} does not match preset synthetic / norm spade "
+                               "(param-free norm syncbatch): A total of")),
         (["--norm", "clade-icpe"], f"error: {weights} does not match preset synthetic / norm clade-icpe"),
-        (["--use-vae"], f"error: {weights} does not match preset synthetic / norm clade (param-free norm "
-                        "syncbatch, VAE): A total of 1 objects could not be loaded; e.g. Layer 'fc'"),
+        (["--use-vae"], (f"error: {weights} does not match preset synthetic / norm clade (param-free norm "
+                         "syncbatch, VAE): A total of 1 objects could not be loaded; e.g. Layer 'fc'")),
         # Keras loads this without complaint and drops the BatchNorm statistics
-        (["--param-free-norm", "instance"], f"error: {weights} does not match preset synthetic / norm clade "
-                                            "(param-free norm instance): the file holds"),
+        (["--param-free-norm", "instance"], (f"error: {weights} does not match preset synthetic / norm clade "
+                                             "(param-free norm instance): the file holds")),
     ]
     for extra, message in cases:
         assert export_main(base + extra) == 2, extra
@@ -309,7 +310,7 @@ def test_int8_calibration_uses_the_runs_data(tmp_path, monkeypatch, capsys):
 def test_explain_int8_measures_each_layer_group_alone(tmp_path, capsys):
     from clade_tf.export import int8
 
-    run, cfg, rcfg = make_synthetic_run(tmp_path, norm="clade", synthetic_length=24)
+    run, _, _ = make_synthetic_run(tmp_path, norm="clade", synthetic_length=24)
     out = tmp_path / "exp"
     assert export_main(["--run", run, "--out", str(out), "--formats", "tflite-int8", "--calibration-samples", "8",
                         "--explain-int8"]) == 0

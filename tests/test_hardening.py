@@ -81,9 +81,11 @@ def test_a_damaged_newest_checkpoint_is_detected_named_and_skipped(tmp_path, gan
     err = capsys.readouterr().err
     assert f"{run.file('ckpt-2')} is damaged (generator.weights.h5" in err and run.file("ckpt-1") in err
     # a damaged byte of the same size is caught too (checksum, not only size)
-    data = bytearray(open(run.file("ckpt-1", "d_optimizer.npz"), "rb").read())
-    data[len(data) // 2] ^= 0xFF
-    open(run.file("ckpt-1", "d_optimizer.npz"), "wb").write(bytes(data))
+    with open(run.file("ckpt-1", "d_optimizer.npz"), "r+b") as f:
+        data = bytearray(f.read())
+        data[len(data) // 2] ^= 0xFF
+        f.seek(0)
+        f.write(bytes(data))
     assert "SHA-256" in rundir.verify_checkpoint(run.file("ckpt-1"))
 
 
@@ -335,8 +337,10 @@ def test_a_truncated_config_json_is_named_by_train_and_export(tmp_path, gan, tin
     from train.cli import main as train_main
 
     run = make_run(tmp_path / "r", gan, steps=(1,))
-    text = open(run.config_path).read()
-    open(run.config_path, "w").write(text[: len(text) // 2])
+    with open(run.config_path) as f:
+        text = f.read()
+    with open(run.config_path, "w") as f:
+        f.write(text[: len(text) // 2])
     assert train_main(["--out", str(run.path), "--steps", "2"]) == 2
     assert f"{run.config_path}: not valid JSON" in one_error(capsys)
     assert export_main(["--run", str(run.path), "--out", str(tmp_path / "e"), "--formats", "onnx"]) == 2
@@ -415,10 +419,9 @@ def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, tiny_preset, caps
 
 
 def test_the_lock_of_a_killed_trainer_is_released(tmp_path):
-    code = ("import sys, time; sys.path.insert(0, %r)\n"
+    code = (f"import sys, time; sys.path.insert(0, {ROOT!r})\n"
             "from clade_tf.rundir import RunDirectory\n"
-            "with RunDirectory(%r).lock():\n    print('locked', flush=True); time.sleep(600)\n"
-            % (ROOT, str(tmp_path / "r")))
+            f"with RunDirectory({str(tmp_path / 'r')!r}).lock():\n    print('locked', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -496,8 +499,8 @@ def test_checkpoints_config_and_exports_are_flushed_before_they_are_renamed(tmp_
     check(run.file("ckpt-1"))
     from clade_tf.outdir import replace_directory
 
-    with replace_directory(str(tmp_path / "e"), "export") as tmp:
-        open(os.path.join(tmp, "report.json"), "w").write("{}")
+    with replace_directory(str(tmp_path / "e"), "export") as tmp, open(os.path.join(tmp, "report.json"), "w") as f:
+        f.write("{}")
     check(str(tmp_path / "e"))
 
 

@@ -10,11 +10,11 @@ import struct
 import warnings
 from pathlib import Path
 
-import fid_reference
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import fid_reference
 from clade_tf import metrics
 from clade_tf.metrics import fid as fid_module
 from clade_tf.metrics import inception
@@ -121,7 +121,9 @@ def test_resize_and_pooling_match_torch():
     bilinear shrinking and growing without antialiasing, average pooling that leaves out
     the padding, max pooling whose padding never wins."""
     x = np.transpose(REF["small"], (0, 2, 3, 1))
-    nchw = lambda t: np.transpose(np.asarray(t), (0, 3, 1, 2))
+    def nchw(t):
+        return np.transpose(np.asarray(t), (0, 3, 1, 2))
+
     for size, key in (((7, 11), "resize_down"), ((29, 31), "resize_up")):
         got = nchw(tf.image.resize(x, size, method="bilinear", antialias=False))
         np.testing.assert_allclose(got, REF[key], atol=2e-6)
@@ -307,7 +309,9 @@ def _legacy_bytes(main_pickle, keys=("0",), records=((4, b"\0" * 16),), header=N
 
 
 def _one_tensor_pickle(pid_extra=b"N", numel=4, global_=b"ctorch._utils\n_rebuild_tensor_v2\n"):
-    s = lambda t: b"X" + struct.pack("<I", len(t)) + t.encode()
+    def s(t):
+        return b"X" + struct.pack("<I", len(t)) + t.encode()
+
     odict = b"ccollections\nOrderedDict\n)R"
     pid = b"(" + s("storage") + b"ctorch\nFloatStorage\n" + s("0") + s("cpu") + b"K" + bytes([numel]) + pid_extra + b"t"
     t = global_ + b"(" + pid + b"QK\x00(K\x04t(K\x01t\x89" + odict + b"tR"
@@ -499,7 +503,9 @@ def test_kid_matches_the_gaussians_mmd():
 def test_mmd_estimator_and_subsets():
     rng = np.random.default_rng(5)
     x, y = rng.normal(size=(6, 4)), rng.normal(1, 1, size=(6, 4))
-    k = lambda u, v: (u @ v / 4 + 1) ** 3
+    def k(u, v):
+        return (u @ v / 4 + 1) ** 3
+
     within = sum(k(x[i], x[j]) + k(y[i], y[j]) for i in range(6) for j in range(6) if i != j) / 30
     cross = sum(k(x[i], y[j]) for i in range(6) for j in range(6)) / 36
     assert mmd2_unbiased(x, y) == pytest.approx(within - 2 * cross, rel=1e-12)

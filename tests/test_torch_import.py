@@ -116,8 +116,8 @@ def test_import_vae_generator_and_encoder_match_official(tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--preset", "ade20k"], r"has 4 classes \(head_0.norm_0.class_specified_affine.weight \(4, 32\)\) but "
-                                 r"--preset ade20k expects 151 classes"),
+        (["--preset", "ade20k"], (r"has 4 classes \(head_0.norm_0.class_specified_affine.weight \(4, 32\)\) but "
+                                  r"--preset ade20k expects 151 classes")),
         (["--preset", "custom", "--label-nc", "3", "--contain-dontcare", "--use-instance", "--norm", "spade"],
          "--norm spade, but the checkpoint is a clade-icpe generator"),
         (["--preset", "custom", "--label-nc", "3", "--contain-dontcare", "--param-free-norm", "instance"],

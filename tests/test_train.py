@@ -244,14 +244,14 @@ def test_an_empty_dataroot_is_one_line_without_the_vgg_notice(tmp_path):
          "in memory and reads no folder; give --dataset with the folder's layout (ade20k, ade20k-outdoor, "
          "cityscapes, coco-stuff, custom)")),
         # everything missing at once, not one thing per run
-        (["--dataset", "ade20k"], "error: --dataset ade20k needs --dataroot DIR; --dataset ade20k: give "
-                                  "--steps or --epochs"),
+        (["--dataset", "ade20k"], ("error: --dataset ade20k needs --dataroot DIR; --dataset ade20k: give "
+                                   "--steps or --epochs")),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):
     res = cli(*[a.format(tmp=tmp_path) for a in args])
     assert res.returncode == 2, res.stderr[-2000:]
-    errors = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(message.format(tmp=tmp_path)), res.stderr[-2000:]
     assert "InitializeLog" not in res.stderr and "] oneDNN" not in res.stderr, res.stderr[-2000:]
 
@@ -277,7 +277,7 @@ def test_cli_custom_label_nc_auto_and_out_of_range(tmp_path):
     res = cli("--dataset", "custom", "--dataroot", root, "--label-nc", "3", "--steps", "2",
               "--out", str(tmp_path / "r1"), "--batch-size", "2")
     assert res.returncode == 2
-    err = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "x1.png: label value 7" in err[0] and "3 classes" in err[0] and "--label-nc" in err[0]
     res = cli("--dataset", "custom", "--dataroot", root, "--label-nc", "auto", "--steps", "1",
               "--out", str(tmp_path / "r2"), "--batch-size", "2", "--checkpoint-every", "1")
@@ -409,7 +409,8 @@ def run_workers(out, ports, tmp_path, timeout=400):
     procs, files = [], []
     for i in range(2):
         env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        files.append((open(tmp_path / f"w{i}.out", "w+"), open(tmp_path / f"w{i}.err", "w+")))
+        # open for the workers' lifetime, closed after they exit
+        files.append((open(tmp_path / f"w{i}.out", "w+"), open(tmp_path / f"w{i}.err", "w+")))  # noqa: SIM115
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "train", "--strategy", "multiworker", "--steps", "3", "--batch-size", "4",
              "--checkpoint-every", "3", "--image-every", "1000", "--out", out],
@@ -599,7 +600,7 @@ def test_mixed_precision_step_has_every_gradient_and_stays_close_to_float32(prec
     ref = build_gan(preset.run_config(optim=OptimConfig(batch_size=2)))
     gan = build_gan(preset.run_config(optim=OptimConfig(batch_size=2, mixed_precision=precision)))
     assert gan.generator.compute_dtype == precision and gan.generator.variable_dtype == "float32"
-    assert {l.compute_dtype for l in gan.generator._flatten_layers() if l.weights} == {precision}
+    assert {layer.compute_dtype for layer in gan.generator._flatten_layers() if layer.weights} == {precision}
     assert isinstance(gan.g_optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "float16")
     for a, b in zip(gan.weights, ref.weights):
         a.assign(b)
@@ -674,7 +675,7 @@ def test_cli_exits_non_zero_on_divergence(tiny_preset, tmp_path, capsys):
                  "--out", str(tmp_path / "r")])
     out, err = capsys.readouterr()
     assert code == 1, err[-2000:]
-    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: step 1: loss G_Feat is inf"), err[-2000:]
     assert errors[0].endswith("no checkpoint written")
     # nothing was saved, so the run directory this call created is removed again
