@@ -17,8 +17,8 @@
     (no call: nothing may be created lazily in `call`), after the eager call and after the
     symbolic one;
 (f) a compiled `model.fit` step (the layer inside a `keras.Model`, mean squared error to
-    random targets, SGD): the loss finite, every trainable weight finite, and the weights
-    moved.
+    random targets, SGD): the loss finite, every trainable weight finite, and (where the
+    layer has trainable weights) at least one of them moved.
 
 `input_data` is the tuple of positional call arguments (tensors or dicts of tensors,
 e.g. `(x, {"label": label})`).
@@ -154,7 +154,8 @@ class FitModel(keras.Model):
 
 
 def check_fit_step(layer, input_data, seed=1):
-    """One compiled (graph, not eager) `fit` step on random targets moves the weights and keeps them finite."""
+    """One compiled (graph, not eager) `fit` step on random targets moves a trainable weight and keeps all
+    finite; returns how many moved."""
     rng = np.random.default_rng(seed)
     out = _flat(layer(*input_data))
     targets = [rng.standard_normal(tuple(t.shape)).astype(np.float32) for t in out]
