@@ -81,7 +81,7 @@ def _native_output_held():
             failed = False
         finally:
             _flush_streams()
-            for fd, saved, tmp in held:
+            for fd, saved, _ in held:
                 os.dup2(saved, fd)
                 os.close(saved)
             for fd, _, tmp in held:
