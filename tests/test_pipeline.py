@@ -70,7 +70,7 @@ def _one_step(cfg, weights, batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["clade"])  # spade passes too (README), but its XLA compile costs CI minutes
+@pytest.mark.parametrize("mode", ["clade"])  # spade passes too (docs/training.md), but its XLA compile costs CI minutes
 def test_xla_step_equals_the_plain_step(mode):
     """--jit-compile: one XLA-compiled GAN step (spectral norm's power iteration, SyncBN,
     both Adam optimizers) gives the losses and the weights of the plain step."""
