@@ -346,7 +346,7 @@ def test_skip_bad_samples_reports_counts_and_substitutes_deterministically(tmp_p
     a = list(pipeline.make_dataset(lenient, 2, 16, 16, seed=seed, num_steps=6))  # 3 epochs
     assert lenient.bad_count == 1
     assert "skipping bad sample (1 so far)" in capsys.readouterr().err
-    # the bad sample's place goes to the next sample of the epoch's order (README), with that
+    # the bad sample's place goes to the next sample of the epoch's order (docs/training.md), with that
     # sample's own augmentation (its random crop here)
     bad = [os.path.basename(x.image) for x in samples].index("s2.png")
     want, substitutes = [], []
