@@ -63,17 +63,17 @@ def exit_code(error, usage=(), failures=(), where=None):
     returns the command's exit status; call it from `except Exception as e:` at the end
     of `main()`.
 
-    Status 2 (the input is wrong: fix the command): instances of `usage`, and
-    `ValueError` / `FileNotFoundError`. Status 1 (the command failed on good input):
-    instances of `failures`, and any other `OSError` (e.g. a full disk), reported as
-    `<file>: <reason>` with `where` standing in for an OSError without a file name.
+    Status 1 (the command failed): instances of `failures` (whatever else they are), and
+    any `OSError` but `FileNotFoundError` (e.g. a full disk), reported as `<file>: <reason>`
+    with `where` standing in for an OSError without a file name. Status 2 (the input is
+    wrong: fix the command): instances of `usage`, `ValueError` and `FileNotFoundError`.
     Anything else is re-raised: it is a bug, and its traceback is what is needed."""
-    if isinstance(error, (*usage, ValueError, FileNotFoundError)):
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     if isinstance(error, tuple(failures)):
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if isinstance(error, (*usage, ValueError, FileNotFoundError)):
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if isinstance(error, OSError):
         name = error.filename or where
         print(f"error: {f'{name}: ' if name else ''}{error.strerror or error}", file=sys.stderr)
