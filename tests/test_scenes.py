@@ -137,13 +137,15 @@ def test_load_segmenter_errors(tmp_path):
         ms.load_segmenter(str(bad))
 
 
-def test_quality_cli_errors():
+def test_quality_cli_errors(capsys):
     from benchmarks import quality
 
     for argv, msg in ((["--modes", "clade,bogus"], "--modes bogus"), (["--steps", "1"], "--steps 1"),
                       (["--segmenter", "/nonexistent.h5"], "not found")):
         with pytest.raises(SystemExit):
             quality.parse_args(argv)
+        err = capsys.readouterr().err
+        assert msg in err, (argv, err)
 
 
 def test_quality_table_and_plot(tmp_path):
