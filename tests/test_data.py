@@ -132,8 +132,9 @@ def spec_for(name, label_nc=None, dontcare=None, palette=None):
     from clade_tf.presets import get_preset
 
     p = get_preset(name)
-    return folders.LabelSpec(name, label_nc or p.label_nc,
-                             p.contain_dontcare if dontcare is None else dontcare, palette)
+    data = p.data_config(label_nc=label_nc or p.label_nc,
+                         contain_dontcare=p.contain_dontcare if dontcare is None else dontcare)
+    return folders.LabelSpec(name, data.label_nc, data.dontcare_class, palette)
 
 
 def test_ade20k_layout_and_label_shift(tmp_path):

@@ -95,7 +95,7 @@ def prepare(data, crop_size, out, use_instance, use_dist, phase="train", workers
     if not samples:
         raise folders.BadSample(f"{data.dataroot}: no {phase} samples in the {data.dataset} layout")
     palette = folders.load_palette(data.palette) if data.palette else None
-    spec = folders.LabelSpec(data.dataset, data.label_nc, data.contain_dontcare, palette)
+    spec = folders.LabelSpec(data.dataset, data.label_nc, data.dontcare_class, palette)
     h, w = crop_size
     prep = folders.Preprocess(data.preprocess, data.load_size, h, w, flip=True)
     keys = ("image", "label") + (("instance",) if use_instance else ()) + (("dist",) if use_dist else ())

@@ -169,16 +169,22 @@ class LabelSpec:
     Attributes:
         dataset: preset name (for the remapping and messages).
         label_nc: classes without don't-care.
-        contain_dontcare: raw 255 (ADE20K: raw 0) becomes class `label_nc`.
+        dontcare_class: the class raw 255 (ADE20K: raw 0) becomes, or None; it is
+            `DataConfig.dontcare_class` (the one place it is derived), handed in by the
+            sources and the cache so that this numpy-only module needs no config import.
         palette: RGB colour -> class, for custom datasets with colour masks.
         label_flag: the CLI flag that fixes a class-count mismatch.
     """
 
     dataset: str
     label_nc: int
-    contain_dontcare: bool
+    dontcare_class: int | None
     palette: dict | None = None
     label_flag: str = "--label-nc"
+
+    @property
+    def contain_dontcare(self):
+        return self.dontcare_class is not None
 
     @property
     def num_classes(self):
@@ -222,9 +228,9 @@ def remap_label(raw, spec, path="<array>"):
     if spec.dataset in ("ade20k", "ade20k-outdoor"):
         # ADE20K: 0 is "other"; classes 1..150 shift down by one, 0 becomes don't-care.
         label = label - 1
-        label[label == -1] = spec.label_nc
+        label[label == -1] = spec.dontcare_class
     elif spec.contain_dontcare:
-        label[label == 255] = spec.label_nc
+        label[label == 255] = spec.dontcare_class
     bad = (label < 0) | (label >= spec.num_classes)
     if bad.any():
         raw_bad = int(raw[bad][0]) if spec.palette is None else int(label[bad][0])
@@ -247,7 +253,7 @@ def scan_label_classes(samples, palette=None, skip_bad=False):
     """Sorted unique class values over all label files (for `--label-nc auto`); with
     `skip_bad` an unreadable label map is reported (once) and left out, as training does."""
     values = set()
-    spec = LabelSpec("custom", 1 << 30, False, palette)
+    spec = LabelSpec("custom", 1 << 30, None, palette)
     for s in samples:
         try:
             label, _ = read_label(s.label, spec)
@@ -358,5 +364,5 @@ def load_resized(sample, spec, prep, use_instance, use_dist):
     if use_dist:
         # ICPE map on the resized label (the official one is computed at full size, then
         # resized): before the crop, so components keep their real centroid.
-        out["dist"] = icpe_distance_map(lab, spec.label_nc if spec.contain_dontcare else None)
+        out["dist"] = icpe_distance_map(lab, spec.dontcare_class)
     return out

@@ -206,7 +206,7 @@ def make_source(data: DataConfig, generator: GeneratorConfig, seed=0, phase="tra
         raise folders.BadSample(f"{data.dataroot}: no {phase} samples in the {data.dataset} layout "
                                 f"(python -m train --help lists each layout)")
     palette = folders.load_palette(data.palette) if data.palette else None
-    spec = folders.LabelSpec(data.dataset, data.label_nc, data.contain_dontcare, palette)
+    spec = folders.LabelSpec(data.dataset, data.label_nc, data.dontcare_class, palette)
     # training augments (resize to load_size, random crop, flip); evaluation resizes to the generator's size
     augment = phase == "train" if augment is None else augment
     prep = folders.Preprocess(data.preprocess, data.load_size if augment else w, h, w, flip=augment)
