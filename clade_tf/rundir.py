@@ -242,8 +242,11 @@ class RunDirectory:
     def read_record(self):
         """`config.json` as a dict (with `source` for imported checkpoints)."""
         if not self.has_config():
-            raise ConfigError(f"{self.path}: no {CONFIG} (is it a run directory of python -m train "
-                              "or export.from_torch?)")
+            # name what is wrong with the path itself first: a typo is not "a run without config.json"
+            what = ("not found" if not os.path.exists(self.path) else
+                    "is a file, not a run directory" if not os.path.isdir(self.path) else f"no {CONFIG}")
+            raise ConfigError(f"{self.path}: {what} (expected a run directory of python -m train "
+                              "or export.from_torch)")
         try:
             with open(self.config_path) as f:
                 return json.load(f)

@@ -252,3 +252,20 @@ def test_training_with_eval_every_logs_scores_and_keeps_the_best(weights, tmp_pa
     step = min(fids, key=fids.get)
     assert best["step"] == step and best["fid"] == pytest.approx(fids[step]) and summary["best_fid"] == best["fid"]
     assert os.path.isfile(tmp_path / "r" / "best" / "generator.weights.h5")
+
+
+@pytest.mark.parametrize("case", ["missing", "a file"])
+def test_evaluate_run_names_a_missing_or_file_run(case, tmp_path, capsys):
+    """A typo in --run says "not found", a file says so: not "no config.json"."""
+    from evaluate.__main__ import main
+
+    run = tmp_path / "nope"
+    if case == "a file":
+        run.write_text("x")
+    seg = str(tmp_path / "seg")
+    assert main(["run", "--run", str(run), "--segmenter", seg, "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    what = "not found" if case == "missing" else "is a file, not a run directory"
+    assert errors(err) == [f"error: {run}: {what} (expected a run directory of python -m train "
+                           "or export.from_torch)"], err
+    assert not os.path.exists(tmp_path / "ev")
