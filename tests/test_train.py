@@ -383,11 +383,16 @@ def test_one_mirrored_step_equals_one_single_device_step():
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2
     assert out["moved"] > 1e-4  # the step did something
-    # trainable weights: equal up to float32 summation order in the gradient all-reduce
-    assert out["diff"] < 1e-7, out
+    # trainable weights: SGD moves them by lr * g, linear in the gradient (unlike Adam's first
+    # step: tests/test_pipeline.py), and two half-batch gradients all-reduced differ from one
+    # full-batch gradient by float32 summation order only: 5e-6 of the largest move on an
+    # AVX-512 host (the former absolute 1e-7 left a margin of 1.8). Relative to the move, which
+    # the error scales with.
+    assert out["diff"] < 1e-4 * out["moved"], out
     # non-trainable state (BatchNorm moving statistics computed by the synchronized
-    # all-reduce of sums of squares, spectral-norm u/v): equal to float32 rounding
-    assert out["state_diff"] < 1e-5, out
+    # all-reduce of sums of squares, spectral-norm u/v): equal to float32 rounding of
+    # 4096-term sums (2.5e-6 measured on AVX-512)
+    assert out["state_diff"] < 3e-5, out
     # logged losses do not depend on the replica count
     for k, v in out["one"].items():
         assert out["two"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (k, out)
