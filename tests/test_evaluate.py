@@ -266,6 +266,6 @@ def test_evaluate_run_names_a_missing_or_file_run(case, tmp_path, capsys):
     assert main(["run", "--run", str(run), "--segmenter", seg, "--out", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err
     what = "not found" if case == "missing" else "is a file, not a run directory"
-    assert errors(err) == [f"error: {run}: {what} (expected a run directory of python -m train "
-                           "or export.from_torch)"], err
+    assert errors(err) == [(f"error: {run}: {what} (expected a run directory of python -m train "
+                            "or export.from_torch)")], err
     assert not os.path.exists(tmp_path / "ev")
