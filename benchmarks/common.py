@@ -33,7 +33,9 @@ def run_benchmark(argv, parse_args, bench, format_table, table_options=None):
     benchmark through `SystemExit` (`benchmarks.guard.exit_on_sigterm`), so its guarded
     children and temporary folders go with it. Returns the exit status, 0."""
     from benchmarks.guard import exit_on_sigterm
+    from clade_tf.cli import import_tensorflow
 
+    import_tensorflow()  # first: TensorFlow's start-up lines held to TF_CPP_MIN_LOG_LEVEL
     exit_on_sigterm()
     args = parse_args(argv)
     result = bench(args)

@@ -276,6 +276,9 @@ def cmd_run(args):
 
 
 def main(argv=None):
+    from clade_tf.cli import import_tensorflow
+
+    import_tensorflow()  # first: TensorFlow's start-up lines held to TF_CPP_MIN_LOG_LEVEL
     args = build_parser().parse_args(argv)
     from clade_tf.cli import exit_code
     from clade_tf.config import ConfigError

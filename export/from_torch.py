@@ -110,6 +110,9 @@ def run(args):
 
 
 def main(argv=None):
+    from clade_tf.cli import import_tensorflow
+
+    import_tensorflow()  # first: TensorFlow's start-up lines held to TF_CPP_MIN_LOG_LEVEL
     from clade_tf.cli import ArgumentParser, exit_code
     from clade_tf.presets import PRESETS
 

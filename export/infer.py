@@ -283,6 +283,9 @@ def run(args):
 
 
 def main(argv=None):
+    from clade_tf.cli import import_tensorflow
+
+    import_tensorflow()  # first: TensorFlow's start-up lines held to TF_CPP_MIN_LOG_LEVEL
     from clade_tf.cli import ArgumentParser, exit_code
 
     p = ArgumentParser(prog="python -m export.infer", description=__doc__)

@@ -21,6 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main(argv=None):
+    from clade_tf.cli import import_tensorflow
+
+    import_tensorflow()  # first: TensorFlow's start-up lines held to TF_CPP_MIN_LOG_LEVEL
     from clade_tf.cli import ArgumentParser, exit_code
     from clade_tf.export.web import RUNTIMES, WebError, build_site, serve
     from clade_tf.presets import PRESETS
