@@ -482,15 +482,7 @@ WEIGHT_COUNTS = {
 }
 
 
-# Under plain bfloat16, Conv2D sums sigma = u^T W v in bfloat16: for the unconverged u, v of a
-# fresh layer that sum nearly cancels, and its 8-bit result was off by up to 30% (block-clade). The
-# outputs of layers with spectral-norm convs are not compared under that policy (their dtypes and
-# training step are) until sigma is summed in float32.
-SPECTRAL = {"conv-spectral", "patch-discriminator"} | {c for c in CONTRACT_CASES if c.startswith("block-")}
-
-
 @pytest.mark.parametrize("case", list(CONTRACT_CASES))
 def test_layer_contract(case):
     cls, kwargs, inputs = CONTRACT_CASES[case]
-    tolerance = {"bfloat16": None} if case in SPECTRAL else None
-    run_layer_test(cls, kwargs, inputs(), expected_num_weights=WEIGHT_COUNTS[case], tolerance=tolerance)
+    run_layer_test(cls, kwargs, inputs(), expected_num_weights=WEIGHT_COUNTS[case])

@@ -120,15 +120,17 @@ class Conv2D(keras.layers.Layer):
     def sigma(self, training=False):
         """Spectral norm estimate; with `training=True` runs one power iteration
         and stores the new `u`, `v`."""
-        w = tf.reshape(tf.convert_to_tensor(self.kernel), [-1, self.filters])  # [K, out]
-        u = tf.convert_to_tensor(self.sn_u)
-        v = tf.convert_to_tensor(self.sn_v)
+        # in float32 whatever the variables' dtype: under a plain bfloat16 policy the sum
+        # u^T W v nearly cancels for a fresh kernel and bfloat16's 8 bits lose it (no-ops in float32)
+        w = tf.reshape(tf.cast(self.kernel, tf.float32), [-1, self.filters])  # [K, out]
+        u = tf.cast(self.sn_u, tf.float32)
+        v = tf.cast(self.sn_v, tf.float32)
         if training:
             w_sg = tf.stop_gradient(w)
             v = _l2_normalize(tf.linalg.matvec(w_sg, u), self.eps)  # W^T u
             u = _l2_normalize(tf.linalg.matvec(w_sg, v, transpose_a=True), self.eps)  # W v
-            self.sn_u.assign(u)
-            self.sn_v.assign(v)
+            self.sn_u.assign(tf.cast(u, self.sn_u.dtype))
+            self.sn_v.assign(tf.cast(v, self.sn_v.dtype))
             u, v = tf.stop_gradient(u), tf.stop_gradient(v)
         # u^T W v written elementwise: no MatMul op in the inference graph, so MAC
         # profiles and exported graphs only contain the real convolutions.
@@ -138,7 +140,7 @@ class Conv2D(keras.layers.Layer):
         """The kernel the convolution uses (`kernel_orig / sigma` when spectral)."""
         if not self.spectral_norm:
             return tf.convert_to_tensor(self.kernel)
-        return tf.convert_to_tensor(self.kernel) / self.sigma(training)
+        return tf.cast(self.kernel, tf.float32) / self.sigma(training)
 
     def call(self, x, training=None):
         y = self.convolve(x, tf.cast(self.effective_kernel(bool(training)), x.dtype))
