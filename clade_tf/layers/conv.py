@@ -14,6 +14,12 @@ import tensorflow as tf
 from clade_tf.layers.init import xavier_normal
 
 
+def _at_least_float32(x):
+    """`x` in float32 when it is a 16-bit float (float32 and float64 stay as they are)."""
+    x = tf.convert_to_tensor(x)
+    return tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
+
+
 def _l2_normalize(x, eps):
     # torch.nn.functional.normalize: x / max(||x||, eps)
     return x / tf.maximum(tf.norm(x), eps)
@@ -120,11 +126,11 @@ class Conv2D(keras.layers.Layer):
     def sigma(self, training=False):
         """Spectral norm estimate; with `training=True` runs one power iteration
         and stores the new `u`, `v`."""
-        # in float32 whatever the variables' dtype: under a plain bfloat16 policy the sum
-        # u^T W v nearly cancels for a fresh kernel and bfloat16's 8 bits lose it (no-ops in float32)
-        w = tf.reshape(tf.cast(self.kernel, tf.float32), [-1, self.filters])  # [K, out]
-        u = tf.cast(self.sn_u, tf.float32)
-        v = tf.cast(self.sn_v, tf.float32)
+        # at least float32 whatever the variables' dtype: under a plain bfloat16 policy the sum
+        # u^T W v nearly cancels for a fresh kernel and bfloat16's 8 bits lose it
+        w = tf.reshape(_at_least_float32(self.kernel), [-1, self.filters])  # [K, out]
+        u = _at_least_float32(self.sn_u)
+        v = _at_least_float32(self.sn_v)
         if training:
             w_sg = tf.stop_gradient(w)
             v = _l2_normalize(tf.linalg.matvec(w_sg, u), self.eps)  # W^T u
@@ -140,7 +146,7 @@ class Conv2D(keras.layers.Layer):
         """The kernel the convolution uses (`kernel_orig / sigma` when spectral)."""
         if not self.spectral_norm:
             return tf.convert_to_tensor(self.kernel)
-        return tf.cast(self.kernel, tf.float32) / self.sigma(training)
+        return _at_least_float32(self.kernel) / self.sigma(training)
 
     def call(self, x, training=None):
         y = self.convolve(x, tf.cast(self.effective_kernel(bool(training)), x.dtype))
