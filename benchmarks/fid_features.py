@@ -163,7 +163,7 @@ def bench(args):
             child = TorchChild(args.torch_python, os.path.join(tmp, "images.npy"),
                                os.path.join(tmp, "features.npy"), args)
         try:
-            for r in range(args.rounds):
+            for _ in range(args.rounds):
                 if child:
                     child.wait_round()  # its round ran while we waited: the two never overlap
                 t = time.perf_counter()

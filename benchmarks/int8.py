@@ -153,8 +153,8 @@ def bench_int8(args):
 
 
 def format_table(result):
-    lines = [f"int8 vs fp32 TFLite: {result['model']}; on {result['inputs']}; {result['threads']} threads, "
-             f"{result['rounds']} rounds, {result['machine']}"]
+    lines = [(f"int8 vs fp32 TFLite: {result['model']}; on {result['inputs']}; {result['threads']} threads, "
+             f"{result['rounds']} rounds, {result['machine']}")]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"  {r['version']:<10} failed: {r['error']}")

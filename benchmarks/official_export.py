@@ -62,7 +62,7 @@ def main(argv=None):
 
     torch.manual_seed(0)
     sys.path.insert(0, os.path.abspath(args.official))
-    import models.networks as networks
+    from models import networks
     from options.train_options import TrainOptions
 
     os.makedirs(args.out, exist_ok=True)

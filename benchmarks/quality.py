@@ -141,7 +141,7 @@ def bench_quality(args, progress=print):
     _, labels, instances, real = eval_set(first.data, first.generator, args.eval_images)
     real_scores = scorer.score(real, labels, instances)
     result = {"dataset": args.dataset, "steps": args.steps, "batch_size": args.batch_size,
-              "eval_images": int(len(labels)), "seeds": list(range(args.seeds)), "machine": machine(),
+              "eval_images": len(labels), "seeds": list(range(args.seeds)), "machine": machine(),
               "segmenter": {"path": os.path.relpath(args.segmenter), "sha256": sha256(args.segmenter)},
               "real": real_scores, "modes": {}}
     for mode in args.modes:

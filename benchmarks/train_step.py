@@ -250,7 +250,7 @@ def bench_train(args):
                     off.run(1)  # first step: allocations
                     runners[key] = off.run
                 print(f"[{name}] built and traced in {time.time() - t:.1f}s", file=sys.stderr)
-            except Exception as e:  # a row that cannot build or train fails alone
+            except Exception as e:  # noqa: BLE001 (a row that cannot build or train fails alone)
                 row["error"] = one_line(e)
                 print(f"[{name}] failed: {row['error']}", file=sys.stderr)
                 gc.collect()
@@ -260,7 +260,7 @@ def bench_train(args):
             try:
                 if args.warmup:
                     run(args.warmup)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 (a row that fails its warm-up stops alone)
                 rows[key]["error"] = one_line(e)
                 del runners[key]
         for rnd in range(args.rounds):
@@ -269,7 +269,7 @@ def bench_train(args):
                     continue
                 try:
                     seconds, loss = runners[key](args.steps)
-                except Exception as e:  # a row failing later on (e.g. after a retrace) stops alone
+                except Exception as e:  # noqa: BLE001 (a row failing later on, e.g. after a retrace, stops alone)
                     rows[key]["error"] = one_line(e)
                     del runners[key]
                     continue

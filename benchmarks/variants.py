@@ -359,8 +359,8 @@ def bench_variants(args):
 
 
 def format_table(result):
-    lines = [f"CLADE lookup variants, preset {result['preset']}, {result['threads']} threads, "
-             f"median of {result['rounds']} interleaved rounds"]
+    lines = [(f"CLADE lookup variants, preset {result['preset']}, {result['threads']} threads, "
+             f"median of {result['rounds']} interleaved rounds")]
     for fmt in result["formats"]:
         for v, per_format in result["variants"].items():
             if fmt not in per_format:

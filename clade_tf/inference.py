@@ -275,7 +275,7 @@ def calibrate_batch_norm(generator, inputs):
     """Sets every BatchNorm's moving statistics to those of one batch (momentum 0 for one
     training-mode pass). Random-weight generators otherwise run inference with the
     initial statistics (0, 1), i.e. unnormalized, and their activations explode."""
-    bns = [l for l in generator._flatten_layers() if l.__class__.__name__ == "BatchNormalization"]
+    bns = [layer for layer in generator._flatten_layers() if layer.__class__.__name__ == "BatchNormalization"]
     saved = [bn.momentum for bn in bns]
     for bn in bns:
         bn.momentum = 0.0

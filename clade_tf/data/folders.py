@@ -196,7 +196,7 @@ def read_label(path, spec):
     try:
         img = Image.open(path)
         img.load()
-    except Exception as e:  # PIL raises many types
+    except Exception as e:  # noqa: BLE001 (PIL raises many types; re-raised as one BadSample line)
         raise BadSample(f"{path}: unreadable label map ({e})") from None
     if img.mode in ("RGB", "RGBA"):
         if spec.palette is None:
@@ -328,7 +328,7 @@ def load_resized(sample, spec, prep, use_instance, use_dist):
         image = Image.open(sample.image)
         image.load()
         image = image.convert("RGB")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (PIL raises many types; re-raised as one BadSample line)
         raise BadSample(f"{sample.image}: unreadable image ({e})") from None
     if image.size != label_size:
         raise BadSample(
@@ -343,7 +343,7 @@ def load_resized(sample, spec, prep, use_instance, use_dist):
         try:
             inst = Image.open(sample.instance)
             inst.load()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (PIL raises many types; re-raised as one BadSample line)
             raise BadSample(f"{sample.instance}: unreadable instance map ({e})") from None
         if inst.size != label_size:
             raise BadSample(f"{sample.instance}: instance map size {inst.size} != label size {label_size}")

@@ -10,6 +10,14 @@ from clade_tf.layers.ops import check_labels, downsample_nearest, instance_edges
 from clade_tf.layers.resblock import ResnetBlock
 
 __all__ = [
-    "Conv2D", "AffineNorm", "ClassAdaptiveNorm", "ConditionalNorm", "ParamFreeNorm", "SpatiallyAdaptiveNorm",
-    "ResnetBlock", "check_labels", "downsample_nearest", "instance_edges",
+    "AffineNorm",
+    "ClassAdaptiveNorm",
+    "ConditionalNorm",
+    "Conv2D",
+    "ParamFreeNorm",
+    "ResnetBlock",
+    "SpatiallyAdaptiveNorm",
+    "check_labels",
+    "downsample_nearest",
+    "instance_edges",
 ]

@@ -85,7 +85,8 @@ def load_stats(path, dim=FEATURE_DIM):
     try:
         f = np.load(path, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: a single .npy array, expected an .npz with the arrays 'mu' and 'sigma'")
+            # a file of the wrong content, not a caller's type error: ValueError like the others
+            raise ValueError(f"{path}: a single .npy array, expected an .npz with the arrays 'mu' and 'sigma'")  # noqa: TRY004
         with f:
             if "mu" not in f.files or "sigma" not in f.files:
                 raise ValueError(f"{path}: statistics need the arrays 'mu' and 'sigma', found {sorted(f.files)}")

@@ -128,7 +128,7 @@ def load_segmenter(path=None, net_width=16):
     model = build_segmenter(width=net_width)
     try:
         model.load_weights(path)
-    except Exception as e:  # h5py / Keras raise several types for a damaged or foreign file
+    except Exception as e:  # noqa: BLE001 (h5py / Keras raise several types for a damaged or foreign file)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"{path}: not synthetic-scenes segmenter weights ({first})") from None
     return model

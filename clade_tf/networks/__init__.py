@@ -2,4 +2,4 @@ from clade_tf.networks.discriminator import MultiscaleDiscriminator, NLayerDiscr
 from clade_tf.networks.encoder import ConvEncoder
 from clade_tf.networks.generator import Generator
 
-__all__ = ["Generator", "MultiscaleDiscriminator", "NLayerDiscriminator", "ConvEncoder"]
+__all__ = ["ConvEncoder", "Generator", "MultiscaleDiscriminator", "NLayerDiscriminator"]
