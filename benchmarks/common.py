@@ -6,17 +6,12 @@ and the timing jobs run in guarded children.
 Heavy imports stay inside the functions: a guarded child imports only what its job needs.
 """
 
-import argparse
 import json
 import os
 import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default in `--help`."""
 
 
 def add_json_flag(parser, instead="a table"):

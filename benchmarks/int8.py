@@ -31,11 +31,11 @@ import tempfile
 from benchmarks.common import add_json_flag, machine, run_benchmark
 from benchmarks.guard import ROOT, call_guarded, default_memory_limit_mb, failure_line, run_guarded
 from clade_tf.cli import ArgumentParser
+from clade_tf.export import runtime
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 FORMATS = ("tflite-fp32", "tflite-int8")
-FILES = {"tflite-fp32": "model_fp32.tflite", "tflite-int8": "model_int8.tflite"}
 
 
 def export_code(args, out, npz):
@@ -106,12 +106,12 @@ def bench_int8(args):
             out = os.path.join(tmp, f"export-{len(rows)}")
             rc, _, stderr, peak, killed = run_guarded(export_code(args, out, out + ".npz"), limit, cwd=tree)
             row = {"version": name, "export_peak_rss_mb": peak}
-            if killed or not os.path.isfile(os.path.join(out, FILES["tflite-int8"])):
+            if killed or not os.path.isfile(os.path.join(out, runtime.FORMATS["tflite-int8"])):
                 row["error"] = "export: " + failure_line(rc, stderr, peak, killed, limit)
                 rows.append(row)
                 print(f"[{name}] {row['error']}", file=sys.stderr)
                 continue
-            paths = {k: os.path.join(out, FILES[k]) for k in FORMATS}
+            paths = {k: os.path.join(out, runtime.FORMATS[k]) for k in FORMATS}
             ref = load_runner(paths["tflite-fp32"])(x)
             out8 = load_runner(paths["tflite-int8"])(x)
             err, psnr = compare(out8, ref)

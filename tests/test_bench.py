@@ -442,6 +442,7 @@ def test_int8_exports_a_run_through_the_library_in_its_child(tmp_path):
 
     from clade_tf import presets
     from clade_tf.config import OptimConfig
+    from clade_tf.export import runtime
     from clade_tf.gan import build_gan
     from clade_tf.rundir import RunDirectory
 
@@ -456,7 +457,7 @@ def test_int8_exports_a_run_through_the_library_in_its_child(tmp_path):
     assert "import export" not in code and "from export" not in code  # the library, not the application
     rc, _, err, _, killed = guard.run_guarded(code, limit_mb=guard.default_memory_limit_mb())
     assert rc == 0 and not killed, err
-    assert all(os.path.isfile(os.path.join(out, int8.FILES[f])) for f in int8.FORMATS)
+    assert all(os.path.isfile(os.path.join(out, runtime.FORMATS[f])) for f in int8.FORMATS)
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     assert report["calibration"] == "run data (4 samples)"  # the run's data, as python -m export calibrates
