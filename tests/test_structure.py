@@ -167,18 +167,6 @@ def test_the_project_has_no_import_circle(project_graph):
     assert not cycles, "import circles: " + " | ".join(describe(project_graph, c) for c in cycles)
 
 
-def test_applications_import_only_the_library(project_graph):
-    """The library imports no application; an application imports no other one."""
-    wrong = []
-    for module, edges in project_graph.items():
-        top = module.split(".")[0].removesuffix(INIT)
-        for target, (f, line) in sorted(edges.items()):
-            other = target.split(".")[0].removesuffix(INIT)
-            if other != top and (top == LIBRARY or other != LIBRARY):
-                wrong.append(f"{module} -> {target} ({os.path.relpath(f, ROOT)}:{line})")
-    assert not wrong, "imports across the layering: " + "; ".join(wrong)
-
-
 def _write(root, files):
     for name, text in files.items():
         path = os.path.join(root, name)
