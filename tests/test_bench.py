@@ -440,14 +440,13 @@ def test_latency_pairs_each_mode_with_none_and_its_official_model(monkeypatch):
 def test_int8_exports_a_run_through_the_library_in_its_child(tmp_path):
     import json
 
-    from clade_tf import presets
     from clade_tf.config import OptimConfig
     from clade_tf.export import runtime
     from clade_tf.gan import build_gan
     from clade_tf.rundir import RunDirectory
+    from conftest import TINY
 
-    tiny = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32, ngf=8, ndf=8, batch_size=4)
-    cfg = tiny.run_config("clade", optim=OptimConfig(batch_size=4, steps=1), data={"synthetic_length": 16})
+    cfg = TINY.run_config("clade", optim=OptimConfig(batch_size=4, steps=1), data={"synthetic_length": 16})
     run = RunDirectory(tmp_path / "run")
     run.write_config(cfg)
     run.save_checkpoint(build_gan(cfg), 1)

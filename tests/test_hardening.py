@@ -148,11 +148,11 @@ def test_a_write_failing_midway_removes_the_partial_checkpoint(tmp_path, gan, mo
 
 FULL_DISK = textwrap.dedent(
     """
-    import sys
-    sys.path.insert(0, {root!r})
+    import os, sys
+    sys.path[:0] = [{root!r}, os.path.join({root!r}, "tests")]
+    from conftest import TINY
     from clade_tf import presets
-    presets.PRESETS["synthetic"] = presets.SYNTHETIC.replace(image_height=32, image_width=32, load_size=32,
-                                                             ngf=8, ndf=8, batch_size=4)
+    presets.PRESETS["synthetic"] = TINY
     from train.cli import main
     sys.exit(main(sys.argv[1:]))
     """
