@@ -31,9 +31,11 @@ def test_a_usage_error_is_the_error_and_a_hint_to_help(capsys):
 
 
 def test_the_dataset_lists_are_the_presets():
-    from clade_tf.config import PROCEDURAL_DATASETS
+    from clade_tf.config import DATASETS, PROCEDURAL_DATASETS
     from clade_tf.presets import PRESETS
 
+    # DataConfig validates against config.DATASETS (config cannot import the presets: a circle)
+    assert set(DATASETS) == set(PRESETS) and set(PROCEDURAL_DATASETS) <= set(DATASETS)
     assert set(cli.datasets()) == set(PRESETS) >= {"synthetic", "synthetic-scenes", "ade20k", "custom"}
     assert set(cli.datasets(folders_only=True)) == set(PRESETS) - set(PROCEDURAL_DATASETS)
     assert "ade20k" in cli.datasets(True) and "synthetic" not in cli.datasets(True)
