@@ -116,3 +116,18 @@ def test_check_on_a_tiny_export(tmp_path):
     assert result["xnnpack"]["partitions"] >= 1 and result["xnnpack"]["ops"] == len(ops)
     line = delegates.summary(result)
     assert line.startswith("GPU delegate: ") and "XNNPACK: " in line
+
+
+def test_cli_one_line_per_file_and_json(tmp_path, capsys):
+    import json
+
+    from export.delegates import main
+    path = tflite_file(tmp_path, "gather3d", lambda label: tf.gather(TABLE, label), [LABEL])
+    assert main([path]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: GPU delegate: 1 of 1 ops refused (1 GATHER); XNNPACK: 0 partitions")
+    assert main([str(tmp_path), "--json"]) == 0  # a directory: its .tflite files
+    result = json.loads(capsys.readouterr().out)
+    assert result[path]["gpu"]["refused"][0]["op"] == "GATHER"
+    assert main([str(tmp_path / "missing.tflite")]) == 2
+    assert "missing.tflite: no such file" in capsys.readouterr().err
