@@ -14,7 +14,9 @@ run's dataset; with --weights the preset's: synthetic needs no files, others
 --calibration-dataroot), else on blocky random label maps, with a notice. Every
 format is verified on the samples of that data that follow the calibration samples
 (or on blocky random label maps). --explain-int8 also measures the int8 error of each
-layer group alone (report.json's int8_layers).
+layer group alone (report.json's int8_layers). Each TFLite file also gets the phone
+delegates' verdict (`python -m export.delegates`): the ops the GPU delegate would refuse and
+XNNPACK's partitions, one line under its row and in report.json's `delegates`.
 """
 
 import dataclasses
@@ -114,7 +116,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from clade_tf.cli import exit_code
     from clade_tf.config import ConfigError
-    from clade_tf.export import ExportError, calibration_inputs, export, parse_formats
+    from clade_tf.export import ExportError, calibration_inputs, delegates, export, parse_formats
     from clade_tf.export.exporter import check_inputs
 
     try:
@@ -153,6 +155,8 @@ def main(argv=None):
     for name, r in report["formats"].items():
         print(f"{name:<26} rel_l2 {r['rel_l2']:.2e}  PSNR {r['psnr_db']:6.1f} dB  vs {r['reference']:<11} "
               f"saturated {r['saturated_fraction']:5.1%}  {'ok' if r['ok'] else 'FAILED'}")
+        if "delegates" in r:  # TFLite files: clade_tf.export.delegates
+            print(f"{'':<26} {delegates.summary(r['delegates'])}")
     if "calibration" in report:
         print(f"int8 calibration: {report['calibration']}")
     print(f"verified on: {report['verification']}")

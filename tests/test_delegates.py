@@ -101,7 +101,9 @@ def test_not_a_tflite_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_check_on_a_tiny_export(tmp_path):
+def test_check_on_a_tiny_export(tmp_path, capsys):
+    import json
+
     from export.__main__ import main as export_main
     from test_export import make_run
     run, _ = make_run(tmp_path)
@@ -116,6 +118,11 @@ def test_check_on_a_tiny_export(tmp_path):
     assert result["xnnpack"]["partitions"] >= 1 and result["xnnpack"]["ops"] == len(ops)
     line = delegates.summary(result)
     assert line.startswith("GPU delegate: ") and "XNNPACK: " in line
+    # python -m export printed the same verdict under the file's row and wrote it into report.json
+    assert line in capsys.readouterr().out
+    with open(out / "report.json") as f:
+        entry = json.load(f)["formats"]["model_fp32.tflite"]
+    assert entry["delegates"] == json.loads(json.dumps(result))
 
 
 def test_cli_one_line_per_file_and_json(tmp_path, capsys):

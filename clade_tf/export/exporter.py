@@ -26,6 +26,7 @@ import tensorflow as tf
 from clade_tf.data import sources
 from clade_tf.data.icpe import icpe_distance_map
 from clade_tf.export.converters import ExportError, serving_function, write_format
+from clade_tf.export.delegates import check as check_delegates
 from clade_tf.export.exportdir import write_report
 from clade_tf.export.int8 import explain_int8
 from clade_tf.export.runtime import FORMATS, FP32_FORMATS, check_formats, load_runner
@@ -216,6 +217,9 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
                 os.remove(path)
             if kind == "tflite-int8" and explain:
                 report["int8_layers"] = explain_int8(folded, fn, names, calibration, check, tflite_out, compare)
+        for kind in formats:  # which ops the phone delegates take (clade_tf.export.delegates)
+            if kind.startswith("tflite"):
+                entries[kind]["delegates"] = check_delegates(os.path.join(tmp, FORMATS[kind]))
         report["formats"] = {FORMATS[k]: entries[k] for k in formats}
         write_report(tmp, report)  # read back by clade_tf.export.ExportDir
     return report
