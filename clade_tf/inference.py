@@ -16,14 +16,18 @@ training=False)` computes, with:
   quantization needs (folded into the tables instead, channels with a small `s`
   were quantized to a few levels and then multiplied by a large `gamma/s`: the
   full-integer model's largest error);
-- on request (`order_lookups`: the exporter asks for it in the float TFLite formats,
-  `clade_tf.export.exporter.orders_lookups`), each CLADE lookup (and CLADE-ICPE's
-  positional convs) made to depend on its layer's input: the label map plus an int 0
-  computed from one element of x (`x > inf` is false for every x, inf and NaN
-  included). The same numbers; but TFLite runs the ops XNNPACK does not take (the
+- on request (`order_lookups`, or `set_graph`'s "ordered_lookups"), each CLADE lookup
+  (and CLADE-ICPE's positional convs) made to depend on its layer's input: the label map
+  plus an int 0 computed from one element of x (`x > inf` is false for every x, inf and
+  NaN included). The same numbers; but TFLite runs the ops XNNPACK does not take (the
   GATHERs) as early as their inputs allow, so without it all lookups of the model ran
   before the first conv, with every gathered tensor alive at once. With it each lookup
-  runs just before its layer (ADE20K fp32: runtime peak 964 -> 815 MB, same speed);
+  runs just before its layer (ADE20K fp32: runtime peak 964 -> 815 MB, same speed), at
+  the price of an XNNPACK partition per layer: the exports no longer ask for it
+  (`clade_tf.export.exporter.graph_options`);
+- on request (`set_graph`, `GRAPH_OPTIONS`), the delegate-friendly forms of the phone
+  formats: lookups with 1-D indices (`lookup`) and nearest x2 as DEPTH_TO_SPACE
+  (`upsample2x_phone`), both exact;
 - no label-range assertion (exported graphs take it as a contract);
 - the one-hot label map as a lookup in an identity table (GATHER), not ONE_HOT: the
   same numbers, but TFLite's int8 ONE_HOT gets the off value wrong (a 7-class
@@ -68,8 +72,59 @@ class Unnormalized(keras.layers.Layer):
 
 
 def after(t, x):
-    """`t`, computed after `x`: plus a 0 that depends on one element of `x`."""
-    return t + tf.cast(tf.greater(x[0, 0, 0, 0], np.inf), t.dtype)  # false for inf and NaN too
+    """`t`, computed after `x`: plus a 0 that depends on one element of `x`.
+
+    The 0 has `t`'s rank (all dims 1), sliced without dropping dims: the GPU delegate
+    refuses an ADD with a 0-D input and a STRIDED_SLICE with `shrink_axis_mask`, which
+    the scalar `x[0, 0, 0, 0]` was (LiteRT.js WebGPU: "bad input dims size: 0")."""
+    first = tf.reshape(x[:1, :1, :1, :1], [1] * t.shape.rank)
+    return t + tf.cast(tf.greater(first, np.inf), t.dtype)  # false for inf and NaN too
+
+
+def lookup(table, index, flat):
+    """`table[index]`: `[*index.shape, C]` rows of `table` `[K, C]`.
+
+    `flat`: gathered with 1-D indices (`index` reshaped to `[-1]`, the result back to
+    `[..., C]`): the only GATHER the GPU delegate takes (1-D int32 indices); the same
+    numbers as the N-D gather."""
+    if not flat:
+        return tf.gather(table, index)
+    shape = index.shape.as_list()
+    if None in shape:
+        shape = tf.concat([tf.shape(index), [table.shape[-1]]], axis=0)
+    else:
+        shape = shape + [table.shape[-1]]
+    return tf.reshape(tf.gather(table, tf.reshape(index, [-1])), shape)
+
+
+def upsample2x_phone(x):
+    """Nearest x2 upsampling (`clade_tf.networks.generator.upsample2x`, bit-identical)
+    as 4 copies of `x` on the channels and DEPTH_TO_SPACE: XNNPACK has no
+    RESIZE_NEAREST_NEIGHBOR (the resize ran between its partitions); both ops are
+    XNNPACK and GPU-delegate ops. DEPTH_TO_SPACE puts channel block `2i + j` at
+    `(2h + i, 2w + j)`, and every block is `x`."""
+    return tf.nn.depth_to_space(tf.concat([x, x, x, x], axis=-1), 2)
+
+
+# Graph options of an export trace (`InferenceGenerator.set_graph`): the value of each
+# key and what it means.
+GRAPH_OPTIONS = {
+    "lookups": ("nd", "flat-1d"),  # gather with [N,H,W] indices / 1-D indices (`lookup`)
+    "upsample": ("resize", "depth-to-space"),  # RESIZE_NEAREST_NEIGHBOR / `upsample2x_phone`
+    "ordered_lookups": (False, True),  # each lookup after its layer's input (module doc)
+}
+DEFAULT_GRAPH = {"lookups": "nd", "upsample": "resize", "ordered_lookups": False}
+
+
+def check_graph(graph):
+    """`graph` (a dict of `GRAPH_OPTIONS`) completed with `DEFAULT_GRAPH`; a one-line
+    ValueError for an unknown key or value."""
+    for key, value in graph.items():
+        if key not in GRAPH_OPTIONS:
+            raise ValueError(f"unknown graph option {key!r}; expected some of {', '.join(GRAPH_OPTIONS)}")
+        if value not in GRAPH_OPTIONS[key]:
+            raise ValueError(f"graph option {key}={value!r}; expected one of {GRAPH_OPTIONS[key]}")
+    return {**DEFAULT_GRAPH, **graph}
 
 
 @keras.saving.register_keras_serializable(package="clade_tf")
@@ -78,6 +133,20 @@ class InferenceClassAdaptiveNorm(ClassAdaptiveNorm):
     `InferenceGenerator.order_lookups`; see module doc)."""
 
     after_input = False
+    flat_lookups = False  # `lookup(..., flat=True)`, set by `InferenceGenerator.set_graph`
+
+    def modulation(self, label, dist=None, dtype="float32"):
+        if not self.flat_lookups:
+            return super().modulation(label, dist, dtype)
+        gamma = tf.cast(lookup(self.gamma, label, True), dtype)
+        beta = tf.cast(lookup(self.beta, label, True), dtype)
+        if self.use_icpe:
+            if dist is None:
+                raise ValueError(f"{self.name}: CLADE-ICPE needs the `dist` map")
+            dist = tf.cast(dist, dtype)
+            gamma = gamma * (1.0 + self.dist_conv_gamma(dist))
+            beta = beta * (1.0 + self.dist_conv_beta(dist))
+        return gamma, beta
 
     def modulate(self, x, cond, training=None):
         if not self.after_input:
@@ -147,13 +216,46 @@ class InferenceGenerator(Generator):
         kwargs["check_labels"] = False
         super().__init__(config, **kwargs)
 
+    graph = DEFAULT_GRAPH  # the graph options of the next trace (`set_graph`)
+
     def order_lookups(self, after_input):
         """Whether each CLADE lookup waits for its layer's input (read when traced). TFLite
         wants it (module doc); onnxruntime schedules by itself, and there the extra ops
         cost a little memory and time (`benchmarks/BENCHMARKS.md`, attempt 7)."""
+        self.set_graph(dict(self.graph, ordered_lookups=bool(after_input)))
+
+    def set_graph(self, graph):
+        """How the next trace writes the lookups, the upsampling and the lookup order
+        (`GRAPH_OPTIONS`; missing keys: `DEFAULT_GRAPH`). The same numbers every way; the
+        phone formats want the delegate-friendly forms (`clade_tf.export.exporter.graph_options`)."""
+        self.graph = check_graph(graph)
         for layer in self._flatten_layers():
             if isinstance(layer, InferenceClassAdaptiveNorm):
-                layer.after_input = after_input
+                layer.after_input = self.graph["ordered_lookups"]
+                layer.flat_lookups = self.graph["lookups"] == "flat-1d"
+        return self.graph
+
+    def features(self, inputs, training=None):
+        if self.graph["upsample"] == "resize":
+            return super().features(inputs, training=training)
+        # `Generator.features` with `upsample2x_phone` for the resize
+        c = self.config
+        levels = self.pyramid(inputs)
+        if c.use_vae:
+            z = inputs.get("z") if isinstance(inputs, dict) else None
+            if z is None:
+                z = tf.random.normal([tf.shape(inputs["label"])[0], c.z_dim])
+            x = self.fc(tf.cast(z, self.compute_dtype))
+            x = tf.transpose(tf.reshape(x, [-1, 16 * c.ngf, self.sh, self.sw]), [0, 2, 3, 1])
+        else:
+            x = self.fc(tf.cast(levels[c.total_stride]["segmap"], self.compute_dtype))
+        prev = None
+        for blk, s in self.block_strides():
+            if prev is not None and s != prev:
+                x = upsample2x_phone(x)
+            x = blk(x, levels[s], training=training)
+            prev = s
+        return self.conv_img(tf.nn.leaky_relu(x, 0.2))
 
     @property
     def folds_batch_norm(self):
@@ -162,7 +264,8 @@ class InferenceGenerator(Generator):
     def segmap(self, cond):
         # a lookup in an identity table: the same numbers as tf.one_hot (module doc)
         k = self.config.num_classes
-        seg = tf.gather(tf.constant(np.eye(k, dtype=np.float32)), cond["label"])  # tf.eye: MATRIX_DIAG
+        eye = tf.constant(np.eye(k, dtype=np.float32))  # tf.eye: MATRIX_DIAG
+        seg = lookup(eye, cond["label"], self.graph["lookups"] == "flat-1d")
         if "edge" in cond:
             seg = tf.concat([seg, cond["edge"]], axis=-1)
         return seg

@@ -107,11 +107,14 @@ def test_export_all_formats_verified_with_one_contract(tmp_path, capsys):
     modes = {a.s for n in m.graph.node if n.op_type == "Resize" for a in n.attribute
              if a.name == "coordinate_transformation_mode"}
     assert modes == {b"asymmetric"}  # no deprecated tf_half_pixel_for_nn
-    # lookups ordered after their layer's input in the float TFLite formats only
+    # each format's graph options recorded; the TFLite formats' phone graph: no lookup order
+    # (GREATER), no RESIZE_NEAREST_NEIGHBOR (tests/test_phone_graph.py)
     for kind, name in runtime.FORMATS.items():
+        assert report["formats"][name]["graph"] == exporter.graph_options(kind), kind
         if kind.startswith("tflite"):
             ops = {o["op_name"] for o in Interpreter(model_path=os.path.join(out, name))._get_ops_details()}
-            assert ("GREATER" in ops) == (kind != "tflite-int8"), kind
+            assert "GREATER" not in ops and "RESIZE_NEAREST_NEIGHBOR" not in ops, kind
+    assert report["formats"]["model_fp16.tflite"]["graph"]["lookups"] == "flat-1d"
     assert "Greater" not in {n.op_type for n in m.graph.node}
 
 

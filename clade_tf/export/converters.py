@@ -105,11 +105,13 @@ def quiet_conversion():
         yield
 
 
-def serving_function(generator, batch, ordered_lookups=None):
+def serving_function(generator, batch, ordered_lookups=None, graph=None):
     """`(tf.function with a static input signature, input names in contract order)`.
 
-    `ordered_lookups` (an `InferenceGenerator`): traced now, with each CLADE lookup ordered
-    after its layer's input when True (`InferenceGenerator.order_lookups`)."""
+    `graph` (an `InferenceGenerator`; a dict of `clade_tf.inference.GRAPH_OPTIONS`): traced
+    now, with those graph options (`InferenceGenerator.set_graph`). `ordered_lookups`
+    alone: traced now, with each CLADE lookup ordered after its layer's input when True
+    and the other options as they are (`InferenceGenerator.order_lookups`)."""
     spec = generator.input_signature(batch)
     names = list(spec)
 
@@ -118,9 +120,12 @@ def serving_function(generator, batch, ordered_lookups=None):
         return {"image": generator(inputs, training=False)}
 
     fn = tf.function(serve, input_signature=[spec[n] for n in names])
-    if ordered_lookups is not None:
-        generator.order_lookups(ordered_lookups)
-        fn.get_concrete_function()  # the switch is read while tracing
+    if graph is not None or ordered_lookups is not None:
+        if graph is not None:
+            generator.set_graph(graph if ordered_lookups is None else dict(graph, ordered_lookups=ordered_lookups))
+        else:
+            generator.order_lookups(ordered_lookups)
+        fn.get_concrete_function()  # the switches are read while tracing
     return fn, names
 
 

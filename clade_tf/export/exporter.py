@@ -31,7 +31,7 @@ from clade_tf.export.exportdir import write_report
 from clade_tf.export.int8 import explain_int8
 from clade_tf.export.runtime import FORMATS, FP32_FORMATS, check_formats, load_runner
 from clade_tf.gan import non_finite_weights
-from clade_tf.inference import fold_for_inference
+from clade_tf.inference import DEFAULT_GRAPH, fold_for_inference
 from clade_tf.outdir import check_output, replace_directory
 
 FP32_TOLERANCE = 1e-4  # relative L2 vs Keras; measured 1e-7 (default run) to 2e-6 (test models)
@@ -101,12 +101,32 @@ def report_entry(out, ref, reference):
             "saturated_fraction": float(np.mean(np.abs(ref) > SATURATION))}
 
 
-def orders_lookups(kind):
-    """Whether format `kind` gets each CLADE lookup ordered after its layer's input
-    (`clade_tf.inference`): the float TFLite formats. Not full-integer int8: there the
-    order's `x > inf` test runs on quantized values and can come out true (a trained
-    model's int8 GATHER then read class K), and its gathered tensors are 4x smaller."""
-    return kind.startswith("tflite") and kind != "tflite-int8"
+# The graph options of each format (`clade_tf.inference.GRAPH_OPTIONS`; the others get
+# `DEFAULT_GRAPH`), measured on tiny CLADE / CLADE-ICPE / SPADE exports
+# (tests/test_phone_graph.py):
+# - lookups "flat-1d" in the float TFLite formats: the GPU delegate takes GATHER only with
+#   1-D int32 indices (every N-D lookup fell back to the CPU). Not full-integer int8: its
+#   int8 GATHER (version 2) is refused by the GPU delegate either way, XNNPACK takes no
+#   GATHER, and flattening only adds a RESHAPE pair per lookup.
+# - upsample "depth-to-space" in every TFLite format: XNNPACK has no
+#   RESIZE_NEAREST_NEIGHBOR, so each resize split its partitions (bit-identical pixels).
+# - ordered_lookups off everywhere: ordering each lookup after its layer's input cut the
+#   CPU interpreter's peak memory (ADE20K fp32 964 -> 815 MB) but splits XNNPACK into a
+#   partition per layer (the GATHERs between them: 15 on the tiny CLADE against 1
+#   without), and its `x > inf` test adds an int GREATER + CAST per layer to the GPU
+#   graph. Full-integer int8 never had it (there the test runs on quantized values and
+#   can come out true).
+PHONE_FLOAT_GRAPH = {"lookups": "flat-1d", "upsample": "depth-to-space", "ordered_lookups": False}
+PHONE_INT8_GRAPH = {"lookups": "nd", "upsample": "depth-to-space", "ordered_lookups": False}
+
+
+def graph_options(kind):
+    """The graph options format `kind` is traced with (see `PHONE_FLOAT_GRAPH`)."""
+    if kind == "tflite-int8":
+        return dict(PHONE_INT8_GRAPH)
+    if kind.startswith("tflite"):
+        return dict(PHONE_FLOAT_GRAPH)
+    return dict(DEFAULT_GRAPH)
 
 
 def conversion_order(formats):
@@ -177,10 +197,13 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
                           "training diverged; export an earlier checkpoint")
     cfg = generator.config
     folded = fold_for_inference(generator)
-    # one trace for the float TFLite formats (lookups ordered after their layer's input:
-    # `orders_lookups`), one for the rest
-    fns = {o: serving_function(folded, batch, ordered_lookups=o)[0]
-           for o in sorted({orders_lookups(k) for k in conversion_order(formats)})}
+    # one trace per set of graph options (`graph_options`)
+    graphs = {k: graph_options(k) for k in conversion_order(formats)}
+    fns = {}
+    for graph in graphs.values():
+        key = tuple(sorted(graph.items()))
+        if key not in fns:
+            fns[key] = serving_function(folded, batch, graph=graph)[0]
     names = list(generator.input_signature(batch))
     if check is None:
         check = example_inputs(cfg, batch, seed=1, n_batches=2)
@@ -204,7 +227,7 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
         for kind in conversion_order(formats):
             name = FORMATS[kind] if kind in formats else REFERENCE_TFLITE
             path = os.path.join(tmp, name)
-            fn = fns[orders_lookups(kind)]
+            fn = fns[tuple(sorted(graphs[kind].items()))]
             write_format(kind, path, fn, names, folded.weights, calibration)
             out = load_runner(path)(check)
             what = name if kind in formats else "fp32 TFLite reference of the fp16/int8 formats"
@@ -212,6 +235,7 @@ def export(generator, out_dir, formats, batch=1, calibration=None, force=False,
             if kind == "tflite-fp32":
                 tflite_out = out
             if kind in formats:
+                entry["graph"] = graphs[kind]  # how the file's graph was written
                 entries[kind] = entry
             else:
                 os.remove(path)
