@@ -172,9 +172,10 @@ def op_rule(op, ops, consumers):
         a, b = ins
         if name in {"ADD", "MUL"} and a.rank > 1 and b.rank > 1 and a.rank != b.rank:
             long, short = (a, b) if a.rank > b.rank else (b, a)
-            # kEnhancedBroadcast (what the offline check assumes): trailing dims equal or 1
+            # kEnhancedBroadcast (what the offline check assumes; `CheckIsBroadcastable`): the
+            # dims aligned from the last must be equal or either one 1
             tail = long.shape[-short.rank:]
-            if any(s not in (1, d) for s, d in zip(short.shape, tail)):
+            if any(s != d and 1 not in (s, d) for s, d in zip(short.shape, tail)):
                 return f"{name} cannot broadcast {fmt_shape(a)} with {fmt_shape(b)}"
     elif name in UNARY:
         if len(runtime(ins)) != 1 or len(ins) != 1:
