@@ -138,3 +138,13 @@ def test_cli_one_line_per_file_and_json(tmp_path, capsys):
     assert result[path]["gpu"]["refused"][0]["op"] == "GATHER"
     assert main([str(tmp_path / "missing.tflite")]) == 2
     assert "missing.tflite: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("a, b, ok", [((1, 64), (1, 1, 1, 1), True), ((1, 3), (1, 8, 8, 3), True),
+                                      ((1, 4), (1, 8, 8, 3), False)])
+def test_gpu_broadcast_rule(a, b, ok):
+    # the GPU delegate's ADD/MUL broadcasting: aligned from the last dim, equal or either one 1
+    ins = [delegates.Tensor(0, "a", a, "FLOAT32", False), delegates.Tensor(1, "b", b, "FLOAT32", False)]
+    op = delegates.Op(0, "MUL", 1, ins, [delegates.Tensor(2, "y", (1, 8, 8, 3), "FLOAT32", False)], None)
+    reason = delegates.op_rule(op, [op], {0: [0], 1: [0]})
+    assert (reason is None) == ok, reason
