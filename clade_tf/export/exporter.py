@@ -110,12 +110,13 @@ def report_entry(out, ref, reference):
 #   GATHER, and flattening only adds a RESHAPE pair per lookup.
 # - upsample "depth-to-space" in every TFLite format: XNNPACK has no
 #   RESIZE_NEAREST_NEIGHBOR, so each resize split its partitions (bit-identical pixels).
-# - ordered_lookups off everywhere: ordering each lookup after its layer's input cut the
-#   CPU interpreter's peak memory (ADE20K fp32 964 -> 815 MB) but splits XNNPACK into a
-#   partition per layer (the GATHERs between them: 15 on the tiny CLADE against 1
-#   without), and its `x > inf` test adds an int GREATER + CAST per layer to the GPU
-#   graph. Full-integer int8 never had it (there the test runs on quantized values and
-#   can come out true).
+# - ordered_lookups off everywhere: ordering each lookup after its layer's input saves the
+#   CPU interpreter memory only (ADE20K fp32 964 -> 815 MB; 256x256, 150 classes, ngf 16
+#   fp32 phone graph: 151 -> 114 MB after a run, at the same 1-thread latency within
+#   noise), while it splits XNNPACK into a partition per layer (the GATHERs between them:
+#   15 on the tiny CLADE against 1 without) and adds an int GREATER + CAST per layer to
+#   the GPU delegate's graph. Full-integer int8 never had it (there the test runs on
+#   quantized values and can come out true).
 PHONE_FLOAT_GRAPH = {"lookups": "flat-1d", "upsample": "depth-to-space", "ordered_lookups": False}
 PHONE_INT8_GRAPH = {"lookups": "nd", "upsample": "depth-to-space", "ordered_lookups": False}
 
