@@ -84,7 +84,8 @@ def test_calibrate_batch_norm_sets_one_batch_statistics_and_keeps_momentum():
 def test_each_tflite_lookup_runs_just_before_its_layer(mode, tmp_path):
     """TFLite runs the ops XNNPACK does not take as early as their inputs allow: a lookup
     that depends only on the label map ran before the first conv, all of them alive at
-    once. Folded, each lookup waits for its layer's input (the numbers are unchanged:
+    once. Ordered (`ordered_lookups`, which the exports no longer ask for:
+    `clade_tf.export.exporter.graph_options`), each lookup waits for its layer's input (the numbers are unchanged:
     `test_folded_generator_equals_original_in_inference`)."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -100,6 +101,6 @@ def test_each_tflite_lookup_runs_just_before_its_layer(mode, tmp_path):
         ops = [o["op_name"] for o in Interpreter(path)._get_ops_details()]
         before_first_conv[ordered] = ops[:ops.index("CONV_2D")].count("GATHER")
     assert before_first_conv[True] == 1  # the one-hot lookup that feeds it
-    # not ordered (what the ONNX export gets): the lookups (CLADE) or the positional
+    # not ordered (what every export gets): the lookups (CLADE) or the positional
     # convs (CLADE-ICPE) come first
     assert (before_first_conv[False] > 1) if mode == "clade" else (before_first_conv[False] == 0)
