@@ -5,7 +5,7 @@ of the library, such as `clade_tf.export.runtime` that runs exported models, doe
 import TensorFlow.
 """
 
-import importlib
+from clade_tf.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -24,18 +24,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    try:  # a submodule (`clade_tf.presets` after `import clade_tf`)
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS, submodules=True)

@@ -19,7 +19,7 @@ The names below load on first use (PEP 562), as in `clade_tf`: `clade_tf.data.sc
 or `clade_tf.data.icpe` import without TensorFlow.
 """
 
-import importlib
+from clade_tf.lazy import lazy_attributes
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -42,15 +42,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    # Only the public names: a submodule (`from clade_tf.data import pipeline`) is found
-    # by the import system once this raises AttributeError.
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)

@@ -6,7 +6,7 @@ Names load on first use (PEP 562): `clade_tf.export.runtime` and `ExportDir` nee
 TensorFlow, the converters and the exporter do.
 """
 
-import importlib
+from clade_tf.lazy import lazy_attributes
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -26,18 +26,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    try:  # a submodule (`clade_tf.export.web` after `import clade_tf.export`)
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS, submodules=True)
