@@ -135,18 +135,8 @@ class InferenceClassAdaptiveNorm(ClassAdaptiveNorm):
     after_input = False
     flat_lookups = False  # `lookup(..., flat=True)`, set by `InferenceGenerator.set_graph`
 
-    def modulation(self, label, dist=None, dtype="float32"):
-        if not self.flat_lookups:
-            return super().modulation(label, dist, dtype)
-        gamma = tf.cast(lookup(self.gamma, label, True), dtype)
-        beta = tf.cast(lookup(self.beta, label, True), dtype)
-        if self.use_icpe:
-            if dist is None:
-                raise ValueError(f"{self.name}: CLADE-ICPE needs the `dist` map")
-            dist = tf.cast(dist, dtype)
-            gamma = gamma * (1.0 + self.dist_conv_gamma(dist))
-            beta = beta * (1.0 + self.dist_conv_beta(dist))
-        return gamma, beta
+    def class_rows(self, table, label):
+        return lookup(table, label, self.flat_lookups)
 
     def modulate(self, x, cond, training=None):
         if not self.after_input:

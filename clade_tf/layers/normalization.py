@@ -212,10 +212,15 @@ class ClassAdaptiveNorm(ConditionalNorm):
         if self.use_instance_edge:
             self.edge_conv.build(spatial + (1,))
 
+    def class_rows(self, table, label):
+        """`table[label]`: the per-class rows of `table` `[K, C]` at every pixel, `[N, H, W, C]`
+        (the export's inference layer gathers them another way, with the same numbers)."""
+        return tf.gather(table, label)
+
     def modulation(self, label, dist=None, dtype="float32"):
         """Per-pixel `(gamma, beta)`, each `[N, H, W, C]`."""
-        gamma = tf.cast(tf.gather(self.gamma, label), dtype)
-        beta = tf.cast(tf.gather(self.beta, label), dtype)
+        gamma = tf.cast(self.class_rows(self.gamma, label), dtype)
+        beta = tf.cast(self.class_rows(self.beta, label), dtype)
         if self.use_icpe:
             if dist is None:
                 raise ValueError(f"{self.name}: CLADE-ICPE needs the `dist` map")
